@@ -1,0 +1,9 @@
+"""Image generation: requests in, PNGs out. Knows nothing of Discord or storage."""
+
+import os
+
+# transformers warns at import time about optional vision extras we never use; keep the CLI's and
+# the bot's output to what the user asked for. An explicit setting still wins.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

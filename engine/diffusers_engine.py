@@ -1,0 +1,343 @@
+"""The in-process engine: diffusers pipelines on this machine's CPU or GPU.
+
+One worker thread owns every pipeline: torch work never runs on the event loop, and jobs never
+race for the model's memory. Asyncio callers await `generate`, which hands the job to that thread
+and forwards its progress back to the loop.
+
+A job reads top to bottom in `generate_sync`: pick the model, build the prompt embeddings (compel),
+pick the scheduler, run the UNet to latents, decode each image, and write PNGs with metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from engine.base import Engine
+from engine.config import EngineConfig, model_name
+from engine.metadata import a1111_parameters, encode_png
+from engine.models import guess_profile, load_pipeline, pick_device, pick_dtype, profile_from_pipeline
+from engine.samplers import make_scheduler
+from engine.styles import apply_style
+from engine.types import (
+    FinishReason,
+    GenerationRequest,
+    ImageResult,
+    JobCancelled,
+    ModelProfile,
+    Progress,
+    ProgressCallback,
+    PromptError,
+)
+from engine.weights import to_compel
+
+log = logging.getLogger(__name__)
+
+# Linear maps from the 4 latent channels to RGB: a free preview with no decoder at all.
+# Community-measured least-squares fits (the ones every SD UI uses for its live previews).
+LATENT_RGB = {
+    "sd1": ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721), (-0.2120, -0.2616, -0.7177)),
+    "sdxl": ((0.3920, 0.4054, 0.4549), (-0.2634, -0.0196, 0.0653), (0.0568, 0.1687, -0.0755), (-0.3112, -0.2359, -0.2076)),
+}
+EMBEDDING_CACHE_SIZE = 32
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    spec: str
+    pipe: Any  # the text-to-image pipeline; the others share its components
+    profile: ModelProfile
+    compel: Any
+    scheduler_config: Any
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    def pipeline(self, kind: str) -> Any:
+        """The txt2img, img2img or inpaint pipeline, all over one set of weights."""
+        if kind == "txt2img":
+            return self.pipe
+        if kind not in self.variants:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+            cls = AutoPipelineForImage2Image if kind == "img2img" else AutoPipelineForInpainting
+            self.variants[kind] = cls.from_pipe(self.pipe)
+            self.variants[kind].set_progress_bar_config(disable=True)
+        return self.variants[kind]
+
+
+def _open_image(data: bytes, size: tuple[int, int], mode: str = "RGB") -> Image.Image:
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.convert(mode).resize(size, Image.Resampling.LANCZOS)
+
+
+@contextlib.contextmanager
+def seamless(modules: list[Any], enabled: bool) -> Iterator[None]:
+    """Circular padding in every convolution makes the image wrap around: a seamless tile."""
+    import torch
+
+    if not enabled:
+        yield
+        return
+    convs = [m for module in modules for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    before = [m.padding_mode for m in convs]
+    for m in convs:
+        m.padding_mode = "circular"
+    try:
+        yield
+    finally:
+        for m, mode in zip(convs, before, strict=True):
+            m.padding_mode = mode
+
+
+class DiffusersEngine(Engine):
+    slots = 1
+
+    def __init__(self, config: EngineConfig | None = None, *, model: str | None = None) -> None:
+        self.config = config or EngineConfig.from_env()
+        self.specs = self.config.model_specs()
+        self.default_model = model_name(model) if model else next(iter(self.specs))
+        if model:
+            self.specs = {self.default_model: model, **{k: v for k, v in self.specs.items() if k != self.default_model}}
+        self.device = pick_device(self.config.device)
+        self.dtype = pick_dtype(self.device, self.config.dtype)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagine-engine")
+        self._loaded: dict[str, LoadedModel] = {}
+        self._embeddings: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+
+    # --- what front-ends ask before a job ---------------------------------------------------------
+    def _name(self, model: str | None) -> str:
+        name = model or self.default_model
+        if name not in self.specs:
+            allowed = ", ".join(self.specs)
+            raise PromptError(f"Unknown model {name!r}. Available: {allowed}.", "model")
+        return name
+
+    def profile(self, model: str | None = None) -> ModelProfile:
+        name = self._name(model)
+        if name in self._loaded:
+            return self._loaded[name].profile
+        return guess_profile(name, self.specs[name], self.config.model_config)
+
+    def models(self) -> list[str]:
+        return list(self.specs)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": "local", "model": self.default_model, "device": self.device, "dtype": str(self.dtype).removeprefix("torch.")}
+
+    # --- asyncio side -------------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def start(self) -> None:
+        await self._run(self._model, None)
+
+    async def generate(
+        self, request: GenerationRequest, on_progress: ProgressCallback | None = None, preview: bool = False
+    ) -> list[ImageResult]:
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        report = None
+        if on_progress is not None:
+            def report(progress: Progress) -> None:
+                loop.call_soon_threadsafe(on_progress, progress)
+        try:
+            return await self._run(self.generate_sync, request, report, preview, cancel)
+        except asyncio.CancelledError:
+            cancel.set()  # the worker stops at its next step
+            raise
+
+    async def decode_full(self, request: GenerationRequest, result: ImageResult) -> bytes:
+        return await self._run(self.decode_full_sync, request, result)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- the worker thread --------------------------------------------------------------------------
+    def _model(self, model: str | None) -> LoadedModel:
+        name = self._name(model)
+        if name not in self._loaded:
+            spec = self.specs[name]
+            log.info("loading model %s from %s on %s (%s)", name, spec, self.device, self.dtype)
+            pipe = load_pipeline(spec, device=self.device, dtype=self.dtype, config_dir=self.config.model_config)
+            if "XL" in type(pipe).__name__:
+                from compel import CompelForSDXL as compel_cls
+            else:
+                from compel import CompelForSD as compel_cls
+            self._loaded[name] = LoadedModel(
+                name=name,
+                spec=spec,
+                pipe=pipe,
+                profile=profile_from_pipeline(name, spec, pipe),
+                compel=compel_cls(pipe),
+                scheduler_config=pipe.scheduler.config,
+            )
+        return self._loaded[name]
+
+    def _embed(self, model: LoadedModel, positive: str, negative: str) -> Any:
+        """Prompt embeddings through compel, cached: 🔄 and variations reuse the same prompt."""
+        import torch
+
+        key = (model.name, positive, negative)
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            return self._embeddings[key]
+        with torch.inference_mode():
+            conditioning = model.compel(positive, negative_prompt=negative)
+        self._embeddings[key] = conditioning
+        while len(self._embeddings) > EMBEDDING_CACHE_SIZE:
+            self._embeddings.popitem(last=False)
+        return conditioning
+
+    def generate_sync(
+        self,
+        request: GenerationRequest,
+        on_progress: ProgressCallback | None = None,
+        preview: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> list[ImageResult]:
+        import torch
+
+        model = self._model(request.model)
+        profile = model.profile
+        request.validate(profile.size_multiple)
+        count = request.num_images
+        size = (request.width, request.height)
+
+        # 1. Text: style template, then weights (A1111 and Midjourney syntax) into compel's syntax.
+        styled, negative = apply_style(request.prompt, request.negative_prompt, request.style)
+        positive, extra_negative = to_compel(styled)
+        negative = ", ".join(part for part in (negative, extra_negative) if part)
+        negative, _ = to_compel(negative) if negative else ("", "")
+        conditioning = self._embed(model, positive, negative)
+        embeds = conditioning.embeds.repeat(count, 1, 1)
+        negative_embeds = conditioning.negative_embeds.repeat(count, 1, 1)
+        if request.chaos:
+            embeds = self._add_chaos(embeds, request)
+
+        # 2. Scheduler and pipeline for this kind of job.
+        kind = "inpaint" if request.mask else "img2img" if request.init_image else "txt2img"
+        pipe = model.pipeline(kind)
+        pipe.scheduler = make_scheduler(request.sampler, model.scheduler_config, turbo=profile.turbo)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds]
+
+        def on_step(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled("The job was cancelled.")
+            if on_progress is not None:
+                image = self._preview(tensors["latents"], profile) if preview else None
+                on_progress(Progress(step + 1, pipeline.num_timesteps, image))
+            return tensors
+
+        kwargs: dict[str, Any] = {
+            "prompt_embeds": embeds,
+            "negative_prompt_embeds": negative_embeds,
+            "guidance_scale": request.guidance_scale,
+            "num_inference_steps": request.steps,
+            "generator": generators,
+            "output_type": "latent",
+            "callback_on_step_end": on_step,
+        }
+        if conditioning.pooled_embeds is not None:
+            kwargs["pooled_prompt_embeds"] = conditioning.pooled_embeds.repeat(count, 1)
+            kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds.repeat(count, 1)
+        init = mask = None
+        if request.init_image is not None:
+            init = _open_image(request.init_image, size)
+            kwargs["image"] = init
+            kwargs["strength"] = request.strength
+            # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
+            kwargs["num_inference_steps"] = max(request.steps, math.ceil(1 / request.strength))
+        if request.mask is not None:
+            mask = _open_image(request.mask, size, "L")
+            kwargs["mask_image"] = mask
+        if kind != "img2img":
+            kwargs["width"], kwargs["height"] = size
+
+        # 3. Denoise to latents; 4. decode each image on its own (bounded memory, batch-independent).
+        with torch.inference_mode(), seamless([pipe.unet, pipe.vae], request.tiling):
+            latents = pipe(**kwargs).images
+            images = [self._decode(model, latents[i : i + 1], init, mask) for i in range(count)]
+        return [self._result(request, model, index, image, latents[index : index + 1]) for index, image in enumerate(images)]
+
+    def _add_chaos(self, embeds: Any, request: GenerationRequest) -> Any:
+        """--chaos: nudge each image's text embedding by seeded noise, so the four differ more."""
+        import torch
+
+        scale = request.chaos / 100 * 0.5 * float(embeds.float().std())
+        noisy = []
+        for i, seed in enumerate(request.seeds):
+            generator = torch.Generator("cpu").manual_seed(seed ^ 0xC4A05)
+            noise = torch.randn(embeds.shape[1:], generator=generator).to(embeds.device, embeds.dtype)
+            noisy.append(embeds[i] + scale * noise)
+        return torch.stack(noisy)
+
+    def _decode(self, model: LoadedModel, latents: Any, init: Image.Image | None, mask: Image.Image | None) -> Image.Image:
+        import torch
+
+        vae = model.pipe.vae
+        with torch.inference_mode():
+            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        if torch.isnan(pixels).any():
+            raise FloatingPointError("the VAE produced NaNs")
+        image = model.pipe.image_processor.postprocess(pixels.float(), output_type="pil")[0]
+        if mask is not None and init is not None:
+            # Outside the mask the user's pixels come back untouched, not a VAE round trip of them.
+            image = model.pipe.image_processor.apply_overlay(mask, init, image)
+        return image
+
+    def _result(self, request: GenerationRequest, model: LoadedModel, index: int, image: Image.Image, latents: Any) -> ImageResult:
+        from safetensors.torch import save
+
+        seed = request.seeds[index]
+        parameters = a1111_parameters(request, seed, model.name)
+        return ImageResult(
+            png=encode_png(image, parameters),
+            seed=seed,
+            index=index,
+            width=image.width,
+            height=image.height,
+            finish_reason=FinishReason.OK,
+            latents=save({"latents": latents.detach().float().cpu().contiguous()}),
+            parameters=parameters,
+        )
+
+    def decode_full_sync(self, request: GenerationRequest, result: ImageResult) -> bytes:
+        """Decode stored latents with the full VAE: the U buttons' full-quality image, no UNet run."""
+        if result.latents is None:
+            return result.png
+        from safetensors.torch import load
+
+        model = self._model(request.model)
+        size = (request.width, request.height)
+        init = _open_image(request.init_image, size) if request.init_image and request.mask else None
+        mask = _open_image(request.mask, size, "L") if request.mask else None
+        latents = load(result.latents)["latents"].to(model.pipe.device)
+        with seamless([model.pipe.vae], request.tiling):
+            image = self._decode(model, latents, init, mask)
+        return encode_png(image, result.parameters or a1111_parameters(request, result.seed, model.name))
+
+    def _preview(self, latents: Any, profile: ModelProfile) -> bytes:
+        """A small JPEG of the batch straight from the latents: costs microseconds, no decoder."""
+        import torch
+
+        from engine.grid import make_grid
+
+        factors = torch.tensor(LATENT_RGB["sdxl" if profile.family == "sdxl" else "sd1"], dtype=torch.float32)
+        rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu()[:, :4], factors)
+        rgb = ((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy()
+        tiles = [Image.fromarray(tile).resize((tile.shape[1] * 4, tile.shape[0] * 4), Image.Resampling.BILINEAR) for tile in rgb]
+        buffer = io.BytesIO()
+        make_grid(tiles).save(buffer, format="JPEG", quality=70)
+        return buffer.getvalue()

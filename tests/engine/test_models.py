@@ -1,0 +1,79 @@
+"""Loading models offline: a diffusers folder, a single-file checkpoint, and clear errors otherwise."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from PIL import Image
+
+from engine.config import EngineConfig
+from engine.diffusers_engine import DiffusersEngine
+from engine.models import guess_profile, load_pipeline
+from engine.types import EngineUnavailable, GenerationRequest
+
+pytestmark = pytest.mark.slow
+
+REQUEST = GenerationRequest(prompt="a red barn", width=64, height=64, seeds=(3, 4), steps=2, sampler="euler")
+
+
+def test_single_file_checkpoint_gives_the_same_images_as_the_folder(tiny_model_dir, tiny_engine):
+    single = DiffusersEngine(EngineConfig(model=str(tiny_model_dir / "tiny.safetensors"), dtype="fp32"))
+    assert single.profile().name == "tiny"
+    from_file = single.generate_sync(REQUEST)
+    from_folder = tiny_engine.generate_sync(REQUEST)
+    assert [r.latents for r in from_file] == [r.latents for r in from_folder]
+    # and the same pixels; the PNG bytes differ only in the model name of their metadata
+    for a, b in zip(from_file, from_folder, strict=True):
+        assert Image.open(io.BytesIO(a.png)).tobytes() == Image.open(io.BytesIO(b.png)).tobytes()
+
+
+def test_single_file_with_config_elsewhere(tiny_model_dir, tmp_path):
+    checkpoint = shutil.copy(tiny_model_dir / "tiny.safetensors", tmp_path / "mine.safetensors")
+    with pytest.raises(EngineUnavailable, match="IMAGINE_MODEL_CONFIG"):
+        load_pipeline(str(checkpoint), device="cpu", dtype=None)
+    pipe = load_pipeline(str(checkpoint), device="cpu", dtype=None, config_dir=str(tiny_model_dir))
+    assert pipe.unet.config.cross_attention_dim == 32
+
+
+def test_hub_id_offline_says_how_to_provide_a_model():
+    with pytest.raises(EngineUnavailable) as error:
+        load_pipeline("someone/not-downloaded", device="cpu", dtype=None)
+    message = str(error.value)
+    assert "not on this machine" in message and "IMAGINE_MODEL" in message
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [("/nonexistent/model.safetensors", "does not exist"), ("justaname", "neither a local folder")],
+)
+def test_bad_specs(spec, fragment):
+    with pytest.raises(EngineUnavailable, match=fragment):
+        load_pipeline(spec, device="cpu", dtype=None)
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(EngineUnavailable, match="model_index.json"):
+        load_pipeline(str(tmp_path), device="cpu", dtype=None)
+
+
+def test_profiles_from_configs_and_names(tiny_model_dir):
+    tiny = guess_profile("tiny", str(tiny_model_dir))
+    assert (tiny.family, tiny.base_resolution) == ("sd1", 64)
+    turbo = guess_profile("sd-turbo", "stabilityai/sd-turbo")
+    assert turbo.turbo and turbo.default_guidance == 0.0 and turbo.default_steps == 1 and turbo.base_resolution == 512
+    xl = guess_profile("sdxl-turbo", "stabilityai/sdxl-turbo")
+    assert xl.family == "sdxl" and xl.base_resolution == 1024
+    assert guess_profile("sd15", "runwayml/stable-diffusion-v1-5").default_guidance == 7.0
+
+
+def test_config_reads_environment_and_hides_secrets():
+    config = EngineConfig.from_env(
+        {"IMAGINE_MODEL": "/m/a", "IMAGINE_MODELS": "b=/m/b; c=org/c", "STABILITY_API_KEY": "sk-secret", "IMAGINE_DTYPE": "bf16"}
+    )
+    assert config.model_specs() == {"a": "/m/a", "b": "/m/b", "c": "org/c"}
+    assert config.dtype == "bf16"
+    assert "sk-secret" not in repr(config)
+    with pytest.raises(ValueError, match="name=path_or_id"):
+        EngineConfig.from_env({"IMAGINE_MODELS": "oops"})
