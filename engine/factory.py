@@ -1,0 +1,17 @@
+"""Build the engine that IMAGINE_ENGINE names, so front-ends never pick an engine class themselves."""
+
+from __future__ import annotations
+
+from engine.base import Engine
+from engine.config import EngineConfig
+from engine.types import EngineUnavailable
+
+
+def build_engine(config: EngineConfig | None = None) -> Engine:
+    config = config or EngineConfig.from_env()
+    kind = config.engine.strip()
+    if kind in ("", "local"):
+        from engine.diffusers_engine import DiffusersEngine
+
+        return DiffusersEngine(config)
+    raise EngineUnavailable(f"IMAGINE_ENGINE={kind!r} is not one of: local, grpc://host:port[,host:port...], stability.")
