@@ -27,7 +27,14 @@ from PIL import Image
 from engine.base import Engine
 from engine.config import EngineConfig, model_name
 from engine.metadata import a1111_parameters, encode_png
-from engine.models import guess_profile, load_pipeline, pick_device, pick_dtype, profile_from_pipeline
+from engine.models import (
+    guess_profile,
+    load_pipeline,
+    load_tiny_decoder,
+    pick_device,
+    pick_dtype,
+    profile_from_pipeline,
+)
 from engine.samplers import make_scheduler
 from engine.styles import apply_style
 from engine.types import (
@@ -61,6 +68,7 @@ class LoadedModel:
     profile: ModelProfile
     compel: Any
     scheduler_config: Any
+    tiny_decoder: Any = None
     variants: dict[str, Any] = field(default_factory=dict)
 
     def pipeline(self, kind: str) -> Any:
@@ -175,13 +183,17 @@ class DiffusersEngine(Engine):
                 from compel import CompelForSDXL as compel_cls
             else:
                 from compel import CompelForSD as compel_cls
+            profile = profile_from_pipeline(name, spec, pipe)
             self._loaded[name] = LoadedModel(
                 name=name,
                 spec=spec,
                 pipe=pipe,
-                profile=profile_from_pipeline(name, spec, pipe),
+                profile=profile,
                 compel=compel_cls(pipe),
                 scheduler_config=pipe.scheduler.config,
+                tiny_decoder=load_tiny_decoder(
+                    self.config.tiny_decoder, profile.family, spec, device=self.device, dtype=self.dtype
+                ),
             )
         return self._loaded[name]
 
@@ -215,11 +227,12 @@ class DiffusersEngine(Engine):
         count = request.num_images
         size = (request.width, request.height)
 
-        # 1. Text: style template, then weights (A1111 and Midjourney syntax) into compel's syntax.
-        styled, negative = apply_style(request.prompt, request.negative_prompt, request.style)
-        positive, extra_negative = to_compel(styled)
-        negative = ", ".join(part for part in (negative, extra_negative) if part)
+        # 1. Text: weights (A1111 and Midjourney syntax) into compel's syntax, then the style
+        # template around it (after, so a style's own words never become a `::` segment).
+        weighted, extra_negative = to_compel(request.prompt)
+        negative = ", ".join(part for part in (request.negative_prompt, extra_negative) if part)
         negative, _ = to_compel(negative) if negative else ("", "")
+        positive, negative = apply_style(weighted, negative, request.style)
         conditioning = self._embed(model, positive, negative)
         embeds = conditioning.embeds.repeat(count, 1, 1)
         negative_embeds = conditioning.negative_embeds.repeat(count, 1, 1)
@@ -266,9 +279,12 @@ class DiffusersEngine(Engine):
             kwargs["width"], kwargs["height"] = size
 
         # 3. Denoise to latents; 4. decode each image on its own (bounded memory, batch-independent).
+        # A grid is a preview to pick from: the tiny decoder does it at a fraction of the full VAE's
+        # cost, and U1-U4 later decode the kept latents at full quality. A single image is final.
+        fast = count > 1 and model.tiny_decoder is not None
         with torch.inference_mode(), seamless([pipe.unet, pipe.vae], request.tiling):
             latents = pipe(**kwargs).images
-            images = [self._decode(model, latents[i : i + 1], init, mask) for i in range(count)]
+        images = [self._decode(model, latents[i : i + 1], init, mask, fast=fast, tiling=request.tiling) for i in range(count)]
         return [self._result(request, model, index, image, latents[index : index + 1]) for index, image in enumerate(images)]
 
     def _add_chaos(self, embeds: Any, request: GenerationRequest) -> Any:
@@ -283,11 +299,20 @@ class DiffusersEngine(Engine):
             noisy.append(embeds[i] + scale * noise)
         return torch.stack(noisy)
 
-    def _decode(self, model: LoadedModel, latents: Any, init: Image.Image | None, mask: Image.Image | None) -> Image.Image:
+    def _decode(
+        self,
+        model: LoadedModel,
+        latents: Any,
+        init: Image.Image | None,
+        mask: Image.Image | None,
+        *,
+        fast: bool = False,
+        tiling: bool = False,
+    ) -> Image.Image:
         import torch
 
-        vae = model.pipe.vae
-        with torch.inference_mode():
+        vae = model.tiny_decoder if fast else model.pipe.vae
+        with torch.inference_mode(), seamless([vae], tiling):
             pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         if torch.isnan(pixels).any():
             raise FloatingPointError("the VAE produced NaNs")
@@ -324,8 +349,7 @@ class DiffusersEngine(Engine):
         init = _open_image(request.init_image, size) if request.init_image and request.mask else None
         mask = _open_image(request.mask, size, "L") if request.mask else None
         latents = load(result.latents)["latents"].to(model.pipe.device)
-        with seamless([model.pipe.vae], request.tiling):
-            image = self._decode(model, latents, init, mask)
+        image = self._decode(model, latents, init, mask, tiling=request.tiling)
         return encode_png(image, result.parameters or a1111_parameters(request, result.seed, model.name))
 
     def _preview(self, latents: Any, profile: ModelProfile) -> bytes:

@@ -203,3 +203,39 @@ def profile_from_pipeline(name: str, spec: str, pipe) -> ModelProfile:
         default_sampler=guess.default_sampler,
         turbo=guess.turbo,
     )
+
+
+TINY_DECODERS = {"sdxl": "madebyollin/taesdxl", "sd1": "madebyollin/taesd", "sd2": "madebyollin/taesd"}
+OFF = ("off", "none", "0", "false", "no")
+
+
+def load_tiny_decoder(setting: str | None, family: str, model_spec: str, *, device: str, dtype):  # -> AutoencoderTiny | None
+    """The tiny decoder (TAESD) that decodes grids at 1/18 of the full VAE's cost, or None.
+
+    `setting` is IMAGINE_TINY_DECODER: a folder or hub id, "off", or unset for automatic (a `taesd/`
+    folder beside the model's components, else the family's TAESD from the hub cache or the hub).
+    Missing weights are not an error: grids then decode with the full VAE, and the log says so.
+    """
+    from diffusers import AutoencoderTiny
+
+    if setting is not None and setting.strip().lower() in OFF:
+        return None
+    source = setting
+    if not source:
+        folder = Path(model_spec)
+        folder = folder.parent if folder.suffix in CHECKPOINT_SUFFIXES else folder
+        if model_spec == TINY_MODEL:
+            folder = ensure_tiny_model()
+        source = str(folder / "taesd") if (folder / "taesd" / "config.json").is_file() else TINY_DECODERS[family]
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    try:
+        decoder = AutoencoderTiny.from_pretrained(source, dtype=dtype, local_files_only=offline or Path(source).is_dir())
+    except Exception as error:  # missing weights, no network, a broken folder: all mean "use the full VAE"
+        log.warning(
+            "tiny decoder %s not available (%s); grids will decode with the full VAE, which is slower. "
+            "Set IMAGINE_TINY_DECODER to a local AutoencoderTiny folder, or to 'off' to silence this.",
+            source, type(error).__name__,
+        )
+        return None
+    log.info("grids decode with the tiny decoder %s; U buttons use the full VAE", source)
+    return decoder.to(device).eval()

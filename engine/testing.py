@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 TINY_SEED = 1234
+TINY_DECODER_DIR = "taesd"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -61,11 +62,11 @@ def write_tiny_tokenizer(folder: Path) -> int:
 
 def build_tiny_pipeline(folder: Path | None = None):  # -> StableDiffusionPipeline
     """Build the tiny pipeline in memory (and save it as a diffusers folder when `folder` is given)."""
+    import tempfile
+
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    import tempfile
 
     torch.manual_seed(TINY_SEED)
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,10 +129,37 @@ def build_tiny_pipeline(folder: Path | None = None):  # -> StableDiffusionPipeli
     return pipe
 
 
+def build_tiny_decoder(folder: Path | None = None):  # -> AutoencoderTiny
+    """A TAESD-shaped tiny decoder with random weights, for the grid fast path in tests."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(TINY_SEED + 1)
+    decoder = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+        latent_channels=4,
+    ).eval()
+    # Random weights put every pixel near black; spread the last layer so images differ visibly.
+    with torch.no_grad():
+        last = decoder.decoder.layers[-1]
+        last.weight.mul_(8.0)
+        last.bias.fill_(0.5)
+    if folder is not None:
+        decoder.save_pretrained(folder, safe_serialization=True)
+    return decoder
+
+
 def build_tiny_model(folder: str | Path, single_file: bool = True) -> Path:
-    """Write the tiny model as a diffusers folder (plus `tiny.safetensors` if asked); return the folder."""
+    """Write the tiny model as a diffusers folder (plus `tiny.safetensors` if asked); return the folder.
+
+    A tiny decoder for the grid fast path goes in `taesd/` beside the model's components.
+    """
     folder = Path(folder)
     pipe = build_tiny_pipeline(folder)
+    build_tiny_decoder(folder / TINY_DECODER_DIR)
     if single_file:
         write_single_file(pipe, folder / "tiny.safetensors")
     return folder
@@ -156,7 +184,8 @@ def _unet_key(key: str, layers: int, up_has_attention: list[bool]) -> str:
     span = layers + 1
     if parts[0] == "mid_block":
         sub, idx, rest = parts[1], int(parts[2]), parts[3:]
-        prefix = "middle_block.%d" % {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[(sub, idx)]
+        slot = {("resnets", 0): 0, ("attentions", 0): 1, ("resnets", 1): 2}[(sub, idx)]
+        prefix = f"middle_block.{slot}"
     else:
         block, sub, idx, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
         if sub == "downsamplers":

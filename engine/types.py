@@ -11,7 +11,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 MAX_SEED = 4_294_967_295
@@ -50,7 +50,7 @@ class JobCancelled(ImagineError):
     """The job was cancelled while it ran."""
 
 
-class FinishReason(str, Enum):
+class FinishReason(StrEnum):
     OK = "ok"
     FILTERED = "filtered"
     ERROR = "error"
