@@ -71,6 +71,14 @@ class LoadedModel:
     tiny_decoder: Any = None
     variants: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def build(cls, name: str, spec: str, pipe: Any, profile: ModelProfile, tiny_decoder: Any) -> LoadedModel:
+        if "XL" in type(pipe).__name__:
+            from compel import CompelForSDXL as compel_cls
+        else:
+            from compel import CompelForSD as compel_cls
+        return cls(name, spec, pipe, profile, compel_cls(pipe), pipe.scheduler.config, tiny_decoder)
+
     def pipeline(self, kind: str) -> Any:
         """The txt2img, img2img or inpaint pipeline, all over one set of weights."""
         if kind == "txt2img":
@@ -123,6 +131,17 @@ class DiffusersEngine(Engine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagine-engine")
         self._loaded: dict[str, LoadedModel] = {}
         self._embeddings: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+
+    @classmethod
+    def from_pipeline(
+        cls, pipe: Any, name: str, *, tiny_decoder: Any = None, profile: ModelProfile | None = None
+    ) -> DiffusersEngine:
+        """An engine around a pipeline already in memory (benchmarks build random-weight models this way)."""
+        engine = cls(EngineConfig(model=name, device=str(pipe.device), dtype=str(pipe.unet.dtype).removeprefix("torch.")))
+        pipe.set_progress_bar_config(disable=True)
+        profile = profile or profile_from_pipeline(name, name, pipe)
+        engine._loaded[name] = LoadedModel.build(name, name, pipe, profile, tiny_decoder)
+        return engine
 
     # --- what front-ends ask before a job ---------------------------------------------------------
     def _name(self, model: str | None) -> str:
@@ -179,22 +198,9 @@ class DiffusersEngine(Engine):
             spec = self.specs[name]
             log.info("loading model %s from %s on %s (%s)", name, spec, self.device, self.dtype)
             pipe = load_pipeline(spec, device=self.device, dtype=self.dtype, config_dir=self.config.model_config)
-            if "XL" in type(pipe).__name__:
-                from compel import CompelForSDXL as compel_cls
-            else:
-                from compel import CompelForSD as compel_cls
             profile = profile_from_pipeline(name, spec, pipe)
-            self._loaded[name] = LoadedModel(
-                name=name,
-                spec=spec,
-                pipe=pipe,
-                profile=profile,
-                compel=compel_cls(pipe),
-                scheduler_config=pipe.scheduler.config,
-                tiny_decoder=load_tiny_decoder(
-                    self.config.tiny_decoder, profile.family, spec, device=self.device, dtype=self.dtype
-                ),
-            )
+            tiny = load_tiny_decoder(self.config.tiny_decoder, profile.family, spec, device=self.device, dtype=self.dtype)
+            self._loaded[name] = LoadedModel.build(name, spec, pipe, profile, tiny)
         return self._loaded[name]
 
     def _embed(self, model: LoadedModel, positive: str, negative: str) -> Any:

@@ -226,3 +226,13 @@ def test_bf16_stays_close_to_fp32(tiny_model_dir, tiny_engine):
     mse = ((a - b) ** 2).mean()
     psnr = 10 * np.log10(255**2 / max(mse, 1e-9))
     assert psnr >= 25, psnr
+
+
+def test_engine_around_an_in_memory_pipeline():
+    from engine.diffusers_engine import DiffusersEngine
+    from engine.testing import build_tiny_pipeline
+
+    engine = DiffusersEngine.from_pipeline(build_tiny_pipeline(), "in-memory")
+    assert engine.models() == ["in-memory"] and engine.profile().base_resolution == 64
+    results = engine.generate_sync(request(seeds=(1, 2)))
+    assert [r.seed for r in results] == [1, 2] and "Model: in-memory" in results[0].parameters
