@@ -140,7 +140,9 @@ def _offline_help(spec: str) -> str:
 def load_pipeline(spec: str, *, device: str, dtype, config_dir: str | None = None):
     """Load a text-to-image pipeline from a folder, a single file or a hub id."""
     from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()  # our own progress bar is the one a user should see
     if spec == TINY_MODEL:
         spec = str(ensure_tiny_model())
     path = Path(spec).expanduser()
