@@ -129,11 +129,25 @@ def local_models(models_dir: Path) -> dict[str, str]:
     return found
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect, so an offline machine gets its answer now instead of after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _offline_help(spec: str) -> str:
     return (
         f"Model {spec!r} is not on this machine and the Hugging Face hub cannot be reached. "
         "Download it once where there is a network (for example `huggingface-cli download "
-        f"{spec}`), or set IMAGINE_MODEL to a local diffusers folder or a .safetensors checkpoint."
+        f"{spec}`), or set IMAGINE_MODEL to a local diffusers folder or a .safetensors checkpoint "
+        "(`--model tiny` runs a built-in random-weight model offline)."
     )
 
 
@@ -170,7 +184,12 @@ def load_pipeline(spec: str, *, device: str, dtype, config_dir: str | None = Non
                 raise EngineUnavailable(f"{spec!r} is a folder but not a diffusers model (no model_index.json).")
             pipe = AutoPipelineForText2Image.from_pretrained(str(path), local_files_only=True, **common)
         elif "/" in spec and not spec.startswith((".", "/")):
-            pipe = AutoPipelineForText2Image.from_pretrained(spec, local_files_only=offline, **common)
+            try:  # the hub cache first: no network needed for a model downloaded before
+                pipe = AutoPipelineForText2Image.from_pretrained(spec, local_files_only=True, **common)
+            except OSError:
+                if offline or not hub_reachable():
+                    raise
+                pipe = AutoPipelineForText2Image.from_pretrained(spec, **common)
         else:
             raise EngineUnavailable(
                 f"Model {spec!r} is neither a local folder, a .safetensors file nor a hub id like 'stabilityai/sd-turbo'."
@@ -178,7 +197,7 @@ def load_pipeline(spec: str, *, device: str, dtype, config_dir: str | None = Non
     except EngineUnavailable:
         raise
     except OSError as error:
-        log.warning("could not load model %s: %s", spec, error)
+        log.debug("could not load model %s: %s", spec, error)
         raise EngineUnavailable(_offline_help(spec)) from error
     except Exception as error:  # diffusers raises many types for a broken model
         log.exception("could not load model %s", spec)
@@ -229,9 +248,9 @@ def load_tiny_decoder(setting: str | None, family: str, model_spec: str, *, devi
         if model_spec == TINY_MODEL:
             folder = ensure_tiny_model()
         source = str(folder / "taesd") if (folder / "taesd" / "config.json").is_file() else TINY_DECODERS[family]
-    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or Path(source).is_dir() or not hub_reachable()
     try:
-        decoder = AutoencoderTiny.from_pretrained(source, dtype=dtype, local_files_only=offline or Path(source).is_dir())
+        decoder = AutoencoderTiny.from_pretrained(source, dtype=dtype, local_files_only=offline)
     except Exception as error:  # missing weights, no network, a broken folder: all mean "use the full VAE"
         log.warning(
             "tiny decoder %s not available (%s); grids will decode with the full VAE, which is slower. "
