@@ -1,0 +1,1 @@
+"""The bot's Discord side: one extension per area (imagine, history, settings), helpers in `utils`."""

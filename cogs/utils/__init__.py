@@ -1,0 +1,1 @@
+"""Helpers the cogs share: config, buttons, job running, rendering, image checks, errors."""

@@ -1,0 +1,452 @@
+"""From a queued job to a finished message: the queue's worker, progress edits, the final post.
+
+A job's life is: a row in storage (queued) and a message in Discord that shows it ("Waiting to
+start"), then the queue's worker runs it (live percentage and a cheap preview, at most every
+`progress_interval` seconds), stores its images and edits the message into the grid with its
+buttons. Failures and cancellations end the same message with a short reason and a 🔄.
+
+Messages are reached through the interaction's webhook while its token is valid (15 minutes), and
+through the channel with the bot's own REST client after that or after a restart, when no token is
+left; tokens are never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from cogs.utils import buttons
+from cogs.utils.images import fit_upload
+from cogs.utils.rendering import grid_png, job_content, kind_label, progress_status, waiting_status
+from engine.queue import JobQueue, QueuedJob, QueueFull
+from engine.types import (
+    ContentFiltered,
+    FinishReason,
+    GenerationRequest,
+    ImageResult,
+    ImagineError,
+    ModelProfile,
+    Progress,
+)
+
+if TYPE_CHECKING:
+    from cogs.utils.config import BotConfig
+    from engine.base import Engine
+    from storage import Job, Storage
+
+log = logging.getLogger(__name__)
+
+#: Interaction tokens live 15 minutes; after 14 the channel is used instead, to be safe.
+TOKEN_LIFETIME = 14 * 60
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+RESTART_FAILURE = "The bot restarted before this job finished. Press 🔄 to run it again."
+
+
+def file_name(prompt: str, job_id: int, suffix: str = "png") -> str:
+    """`a_fox_in_the_snow_42.png`: readable in the client and in people's download folders."""
+    words = re.sub(r"[^A-Za-z0-9]+", "_", prompt).strip("_")[:48] or "image"
+    return f"{words}_{job_id}.{suffix}"
+
+
+@dataclass
+class JobMessage:
+    """Where a job shows up, and how to edit it now.
+
+    `interaction` is the one that created the message (None after a restart); `original` says
+    whether the message is that interaction's own response or a followup of it.
+    """
+
+    bot: discord.Client
+    user_id: int
+    channel_id: int | None
+    message_id: int | None
+    interaction: discord.Interaction | None = None
+    original: bool = True
+    ephemeral: bool = False
+    created: float = field(default_factory=time.monotonic)
+    running: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def _token_fresh(self) -> bool:
+        return self.interaction is not None and time.monotonic() - self.created < TOKEN_LIFETIME
+
+    @property
+    def upload_limit(self) -> int:
+        if self.interaction is not None:
+            return self.interaction.filesize_limit
+        channel = self.bot.get_channel(self.channel_id) if self.channel_id else None
+        guild = getattr(channel, "guild", None)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def edit(self, *, unless_running: bool = False, **fields: Any) -> None:
+        """Edit the message; with no way left to edit it (ephemeral after a restart), DM the owner.
+
+        `unless_running` skips the edit once the job has started, so a late "waiting" never
+        overwrites progress.
+        """
+        fields.setdefault("allowed_mentions", discord.AllowedMentions(users=[discord.Object(self.user_id)]))
+        async with self.lock:
+            if unless_running and self.running:
+                return
+            if self._token_fresh():
+                assert self.interaction is not None
+                if self.original:
+                    await self.interaction.edit_original_response(**fields)
+                else:
+                    assert self.message_id is not None
+                    await self.interaction.followup.edit_message(self.message_id, **fields)
+                return
+            if self.channel_id is not None and self.message_id is not None and not self.ephemeral:
+                try:
+                    channel = self.bot.get_partial_messageable(self.channel_id)
+                    await channel.get_partial_message(self.message_id).edit(**fields)
+                    return
+                except (discord.NotFound, discord.Forbidden):
+                    log.info("message %s of job owner %s is gone; sending a new one", self.message_id, self.user_id)
+            await self._send_new(fields)
+
+    async def _send_new(self, fields: dict[str, Any]) -> None:
+        """Post instead of edit: into the channel if we can, else to the owner's DMs."""
+        fields = dict(fields)
+        attachments = fields.pop("attachments", None)
+        if attachments:
+            fields["files"] = attachments
+        if self.channel_id is not None and not self.ephemeral:
+            with contextlib.suppress(discord.NotFound, discord.Forbidden):
+                message = await self.bot.get_partial_messageable(self.channel_id).send(**fields)
+                self.message_id = message.id
+                return
+        user = self.bot.get_user(self.user_id) or await self.bot.fetch_user(self.user_id)
+        message = await user.send(**fields)
+        self.channel_id, self.message_id, self.ephemeral = message.channel.id, message.id, False
+
+
+@dataclass
+class Progressor:
+    """Turns the engine's per-step callbacks into message edits, at most one per interval.
+
+    Edits run as tasks so the engine never waits on Discord, and only one is in flight at a time;
+    a step that arrives while one is sending is simply skipped.
+    """
+
+    message: JobMessage
+    text: Any  # Callable[[str], str]: the message content for a status
+    interval: float
+    last: float = float("-inf")
+    task: asyncio.Task[None] | None = None
+    edits: int = 0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.step >= progress.total or now - self.last < self.interval:
+            return
+        if self.task is not None and not self.task.done():
+            return
+        self.last = now
+        fields: dict[str, Any] = {"content": self.text(progress_status(progress.step, progress.total))}
+        if progress.preview:
+            fields["attachments"] = [discord.File(io.BytesIO(progress.preview), "preview.jpg")]
+        self.task = asyncio.get_running_loop().create_task(self._send(fields))
+
+    async def _send(self, fields: dict[str, Any]) -> None:
+        try:
+            await self.message.edit(**fields)
+            self.edits += 1
+        except discord.HTTPException:
+            log.warning("a progress edit failed", exc_info=True)
+
+    async def finish(self) -> None:
+        """Let the last progress edit land before the final one, so it cannot overwrite the result."""
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+
+
+class JobRunner:
+    """The bot's side of the queue: start jobs from interactions, run them, show the outcome."""
+
+    def __init__(self, bot: discord.Client, storage: Storage, engine: Engine, config: BotConfig) -> None:
+        self.bot = bot
+        self.storage = storage
+        self.engine = engine
+        self.config = config
+        self.queue = JobQueue(
+            self._run,
+            slots=max(1, getattr(engine, "slots", 1)),
+            per_user_running=config.user_running,
+            per_user_waiting=config.user_waiting,
+            max_waiting=config.max_queue,
+        )
+        #: Jobs whose owner pressed ❌ while they ran: their CancelledError is a cancel, not a shutdown.
+        self.user_cancelled: set[int] = set()
+        #: How many progress edits each job made; tests and /info read it.
+        self.progress_edits: dict[int, int] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def profile(self, model: str | None) -> ModelProfile:
+        """The model's profile for describing a request; a model removed from the config still describes."""
+        try:
+            return self.engine.profile(model)
+        except ImagineError:
+            return self.engine.profile(None)
+
+    def content(self, job: Job, status: str | None = None) -> str:
+        return job_content(
+            job.request, self.profile(job.request.model), job.user_id, kind_label(job.kind, job.request.strength), status
+        )
+
+    def check_room(self, owner: int, count: int = 1) -> None:
+        """Refuse up front what the queue would refuse, before anything is stored or shown publicly."""
+        queue = self.queue
+        waiting = len(queue.waiting(owner))
+        free_now = (
+            len(queue.running()) < queue.slots and len(queue.running(owner)) < queue.per_user_running and not waiting
+        )
+        would_wait = waiting + count - (1 if free_now else 0)
+        if would_wait > queue.per_user_waiting:
+            raise QueueFull(
+                f"You already have {waiting} job{'s' if waiting != 1 else ''} waiting and this would add {count}; "
+                f"the limit is {queue.per_user_waiting}. Wait for one to finish or cancel one with ❌.",
+                "user",
+                waiting,
+                queue.per_user_waiting,
+            )
+        total = len(queue.waiting())
+        if would_wait > 0 and total + would_wait > queue.max_waiting:
+            raise QueueFull(
+                f"The queue is full: {total} jobs are waiting (the limit is {queue.max_waiting}). "
+                "Try again in a few minutes.",
+                "global",
+                total,
+                queue.max_waiting,
+            )
+
+    # -- starting ----------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        interaction: discord.Interaction,
+        request: GenerationRequest,
+        *,
+        kind: str,
+        parent_image_id: int | None = None,
+        ephemeral: bool = False,
+        followup: bool = False,
+    ) -> Job | None:
+        """Store, show and queue one job for whoever is behind `interaction`.
+
+        The interaction must already be answered (deferred); its response becomes the job's
+        message, or with `followup` a new followup message does. Returns None when the queue
+        refused it (the user has been told).
+        """
+        user = interaction.user
+        channel_id = interaction.channel_id
+        job = await self.storage.create_job(
+            user.id,
+            request,
+            kind=kind,
+            parent_image_id=parent_image_id,
+            guild_id=interaction.guild_id,
+            channel_id=channel_id,
+        )
+        mentions = discord.AllowedMentions(users=[user])
+        if followup:
+            sent = await interaction.followup.send(
+                self.content(job, waiting_status(1)), ephemeral=ephemeral, wait=True, allowed_mentions=mentions
+            )
+        else:
+            sent = await interaction.original_response()
+        await self.storage.set_message(job.id, sent.channel.id, sent.id)
+        message = JobMessage(
+            self.bot, user.id, sent.channel.id, sent.id, interaction, original=not followup, ephemeral=ephemeral
+        )
+        try:
+            position = self.queue.submit(QueuedJob(job.id, owner=user.id, payload=message))
+        except QueueFull as error:
+            await self.storage.fail_job(job.id, str(error))
+            await message.edit(content=self.content(job, f"\n❌ {error}"), view=None)
+            return None
+        await self._show_waiting(job, message, position)
+        return job
+
+    async def _show_waiting(self, job: Job, message: JobMessage, position: int, note: str = "") -> None:
+        if position == 0 and not note:
+            return  # the worker is about to show "(0%)"
+        try:
+            await message.edit(
+                unless_running=True,
+                content=self.content(job, note + waiting_status(position)),
+                view=buttons.cancel_view(job.id),
+            )
+        except discord.HTTPException:
+            log.warning("could not show job %s as waiting", job.id, exc_info=True)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def _run(self, queued: QueuedJob) -> None:
+        job = await self.storage.get_job(int(queued.job_id))
+        if job is None or job.finished:
+            return
+        message: JobMessage = queued.payload
+        await self.storage.mark_running(job.id)
+        async with message.lock:
+            message.running = True
+        with contextlib.suppress(discord.HTTPException):
+            await message.edit(content=self.content(job, progress_status(0, 1)), view=buttons.cancel_view(job.id))
+        progressor = Progressor(message, lambda status: self.content(job, status), self.config.progress_interval)
+        label = kind_label(job.kind, job.request.strength)
+        try:
+            if job.kind == "single":
+                result, index = await self._decode_single(job)
+                results, label = [result], f"Image #{index + 1}"
+            else:
+                results = await self.engine.generate(job.request, progressor, preview=True)
+            filtered = [r for r in results if FinishReason(r.finish_reason) is FinishReason.FILTERED]
+            if filtered and self.config.filtered == "refuse":
+                raise ContentFiltered("The image was flagged as unsafe by the content filter and is not shown.")
+            grid = grid_png(results) if len(results) > 1 else None
+            records = await self.storage.finish_job(job.id, results, grid)
+        except asyncio.CancelledError:
+            await progressor.finish()
+            if job.id not in self.user_cancelled:
+                raise  # shutting down: the job stays unfinished in storage and resumes at the next start
+            self.user_cancelled.discard(job.id)
+            await self._end(job, message, "cancelled", "(cancelled)")
+            return
+        except ImagineError as error:
+            await progressor.finish()
+            await self._end(job, message, "failed", f"\n❌ {error}", str(error))
+            return
+        except Exception:
+            log.exception("job %s failed", job.id)
+            await progressor.finish()
+            reason = "The engine failed on this job; the error has been logged. Press 🔄 to try again."
+            await self._end(job, message, "failed", f"\n❌ {reason}", reason)
+            return
+        await progressor.finish()
+        self.progress_edits[job.id] = progressor.edits
+        await self._post(job, message, results, records, label=label, spoiler=bool(filtered), grid=grid)
+
+    async def _decode_single(self, job: Job) -> tuple[ImageResult, int]:
+        """U1-U4: the parent image decoded again at full quality from its stored latents; and its place."""
+        if job.parent_image_id is None:
+            raise ImagineError("This job has no image to decode.")
+        record = await self.storage.get_image(job.parent_image_id)
+        if record is None:
+            raise ImagineError(f"Image #{job.parent_image_id} no longer exists.")
+        stored = ImageResult(
+            png=await self.storage.read_png(record),
+            seed=record.seed,
+            index=0,
+            width=record.width,
+            height=record.height,
+            finish_reason=FinishReason(record.finish_reason),
+            latents=await self.storage.read_latents(record),
+            parameters=record.parameters,
+        )
+        png = await self.engine.decode_full(job.request, stored)
+        return ImageResult(
+            png=png,
+            seed=record.seed,
+            index=0,
+            width=record.width,
+            height=record.height,
+            finish_reason=stored.finish_reason,
+            latents=stored.latents,
+            parameters=record.parameters,
+        ), record.index
+
+    async def _post(
+        self,
+        job: Job,
+        message: JobMessage,
+        results: list[ImageResult],
+        records: list[Any],
+        *,
+        label: str | None,
+        spoiler: bool,
+        grid: bytes | None,
+    ) -> None:
+        data, name = fit_upload(grid or results[0].png, file_name(job.request.prompt, job.id), message.upload_limit)
+        file = discord.File(io.BytesIO(data), name, spoiler=spoiler)
+        view = buttons.grid_view(job.id, len(records)) if len(records) > 1 else buttons.image_view(records[0].id)
+        content = job_content(job.request, self.profile(job.request.model), job.user_id, label)
+        try:
+            await message.edit(content=content, attachments=[file], view=view)
+        except discord.HTTPException:
+            log.exception("could not post the result of job %s", job.id)
+
+    async def _end(self, job: Job, message: JobMessage, status: str, note: str, error: str | None = None) -> None:
+        """Record a failure or cancellation and show it, with 🔄 to try again."""
+        if status == "cancelled":
+            await self.storage.cancel_job(job.id)
+        else:
+            await self.storage.fail_job(job.id, error or "failed")
+        try:
+            await message.edit(content=self.content(job, note), attachments=[], view=buttons.retry_view(job.id))
+        except discord.HTTPException:
+            log.warning("could not show the end of job %s", job.id, exc_info=True)
+
+    # -- cancelling and restarts -----------------------------------------------------------------
+
+    async def cancel(self, interaction: discord.Interaction, job_id: int) -> None:
+        """❌: only the owner may cancel; a waiting job ends here, a running one in its worker."""
+        job = await self.storage.get_job(job_id)
+        if job is None:
+            raise ImagineError(f"Job #{job_id} does not exist.")
+        if job.user_id != interaction.user.id:
+            raise ImagineError("Only the person who started this job can cancel it.")
+        if job.finished:
+            raise ImagineError(f"Job #{job_id} has already ended ({job.status}).")
+        if self.queue.position(job_id) == 0:
+            self.user_cancelled.add(job_id)
+            self.queue.cancel(job_id)
+            await interaction.response.defer()
+            return
+        self.queue.cancel(job_id)
+        await self.storage.cancel_job(job_id)
+        await interaction.response.edit_message(
+            content=self.content(job, "(cancelled)"), attachments=[], view=buttons.retry_view(job.id)
+        )
+
+    async def resume(self) -> None:
+        """After a start: run again what the last run left queued or running, or say it failed.
+
+        Old interaction tokens are gone, so these messages are edited through the channel.
+        """
+        for job in await self.storage.unfinished_jobs():
+            # Whether the message was ephemeral is not stored; the owner's setting is the best guess,
+            # and a private job must never be posted publicly, so it goes to DMs if in doubt.
+            private = (await self.storage.get_settings(job.user_id)).private
+            message = JobMessage(self.bot, job.user_id, job.channel_id, job.message_id, ephemeral=private)
+            reason = None
+            if not self.config.resume_jobs:
+                reason = RESTART_FAILURE
+            elif job.missing_files:
+                reason = "The bot restarted and this job's image prompt is gone; it cannot run again."
+            if reason is None:
+                try:
+                    position = self.queue.submit(QueuedJob(job.id, owner=job.user_id, payload=message), enforce_limits=False)
+                except QueueFull as error:
+                    reason = str(error)
+                else:
+                    log.info("resumed job %s at position %s", job.id, position)
+                    await self._show_waiting(job, message, position, "(Resumed after a restart) ")
+                    continue
+            await self.storage.fail_job(job.id, reason)
+            try:
+                await message.edit(content=self.content(job, f"\n❌ {reason}"), attachments=[], view=buttons.retry_view(job.id))
+            except discord.HTTPException:
+                log.warning("could not show that job %s failed at restart", job.id, exc_info=True)
+
+    async def close(self) -> None:
+        await self.queue.close()
