@@ -38,7 +38,7 @@ class RemixModal(discord.ui.Modal, title="Remix"):
     """Remix mode: edit the prompt (and its parameters) before a variation is made."""
 
     prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-        label="Prompt", style=discord.TextStyle.paragraph, max_length=4000
+        label="Prompt", style=discord.TextStyle.paragraph, max_length=4000, custom_id="imagine:remix:prompt"
     )
 
     def __init__(self, text: str, submit: Callable[[discord.Interaction, str], Awaitable[None]]) -> None:

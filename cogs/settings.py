@@ -44,6 +44,7 @@ class NegativePromptModal(discord.ui.Modal, title="Negative prompt"):
         required=False,
         max_length=NEGATIVE_LIMIT,
         placeholder="blurry, text, watermark",
+        custom_id="imagine:settings:negative",
     )
 
     def __init__(self, cog: Settings, current: str | None) -> None:
