@@ -1,4 +1,9 @@
-"""Build the engine that IMAGINE_ENGINE names, so front-ends never pick an engine class themselves."""
+"""Build the engine that IMAGINE_ENGINE names, so front-ends never pick an engine class themselves.
+
+- `local` (default): diffusers in this process.
+- `grpc://host:port[,host:port...]` (or `grpcs://`): our `imagine serve-grpc` servers, balanced.
+- `stability`: Stability AI's hosted REST API (needs STABILITY_API_KEY).
+"""
 
 from __future__ import annotations
 
@@ -14,4 +19,12 @@ def build_engine(config: EngineConfig | None = None) -> Engine:
         from engine.diffusers_engine import DiffusersEngine
 
         return DiffusersEngine(config)
+    if kind.startswith(("grpc://", "grpcs://")):
+        from engine.remote import GrpcEngine
+
+        return GrpcEngine(config)
+    if kind == "stability":
+        from engine.stability import StabilityEngine
+
+        return StabilityEngine(config)
     raise EngineUnavailable(f"IMAGINE_ENGINE={kind!r} is not one of: local, grpc://host:port[,host:port...], stability.")

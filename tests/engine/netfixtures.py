@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import io
 import ipaddress
 import socket
@@ -153,6 +154,20 @@ def unused_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@functools.cache
+def process_tls_files() -> tuple[Path, Path]:
+    """One certificate per test process, trusted through GRPC_DEFAULT_SSL_ROOTS_FILE_PATH.
+
+    gRPC reads its default roots file once per process, so every TLS test must share this one.
+    """
+    import os
+    import tempfile
+
+    cert, key = self_signed_cert(Path(tempfile.mkdtemp(prefix="imagine-tls-")))
+    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
+    return cert, key
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import time
 
 import grpc
@@ -25,7 +24,7 @@ from tests.engine.netfixtures import (
     free_port_ending_443,
     grpc_server,
     png_of,
-    self_signed_cert,
+    process_tls_files,
 )
 
 pytestmark = pytest.mark.slow
@@ -315,11 +314,8 @@ def test_engine_errors_map_to_status_codes(loop, error, code, shown):
 
 
 @pytest.fixture(scope="module")
-def tls_files(tmp_path_factory):
-    """A certificate made now; gRPC reads its default roots file once per process, so set it first."""
-    cert, key = self_signed_cert(tmp_path_factory.mktemp("tls"))
-    os.environ["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] = str(cert)
-    return TlsFiles(cert, key)
+def tls_files():
+    return TlsFiles(*process_tls_files())
 
 
 def test_api_key_over_tls_with_the_stock_client(loop, tls_files):
