@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from cogs.utils.buttons import DYNAMIC_ITEMS
 from cogs.utils.config import BotConfig, ConfigError
-from cogs.utils.errors import send_error, user_message
+from cogs.utils.errors import on_app_command_error
 from cogs.utils.jobs import JobRunner
 from engine.base import Engine
 from engine.config import EngineConfig
@@ -50,7 +50,7 @@ class ImagineBot(commands.Bot):
         self.config = config
         self._owns_engine = config.engine is None
         self._released = False
-        self.tree.on_error = self.on_app_command_error
+        self.tree.on_error = on_app_command_error
 
     async def setup_hook(self) -> None:
         config = self.config
@@ -84,9 +84,6 @@ class ImagineBot(commands.Bot):
         else:
             synced = await self.tree.sync()
             log.info("synced %d global commands (they can take a while to show up)", len(synced))
-
-    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        await send_error(interaction, user_message(error))
 
     async def on_ready(self) -> None:
         log.info("logged in as %s (%s) in %d servers", self.user, getattr(self.user, "id", "?"), len(self.guilds))

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.utils import buttons
+from cogs.utils.errors import guarded
 from cogs.utils.images import fit_upload
 from cogs.utils.jobs import file_name
 from cogs.utils.rendering import grid_png, history_line, job_content, jump_url, kind_label, shorten
@@ -42,8 +43,11 @@ class History(commands.Cog):
         search: app_commands.Range[str, 1, buttons.SEARCH_LIMIT] | None = None,
         page: app_commands.Range[int, 1, 100_000] = 1,
     ) -> None:
-        embed, view = await self.render(interaction.user.id, search or "", page - 1)
-        await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
+        async def answer() -> None:
+            embed, view = await self.render(interaction.user.id, search or "", page - 1)
+            await interaction.response.send_message(embed=embed, view=view, ephemeral=True)
+
+        await guarded(interaction, answer)
 
     async def turn_page(self, interaction: discord.Interaction, page: int, search: str) -> None:
         embed, view = await self.render(interaction.user.id, search, page)
@@ -78,6 +82,9 @@ class History(commands.Cog):
     @app_commands.command(name="show", description="Post a past job again, with working buttons")
     @app_commands.describe(job="The job's number, as /history shows it (#42 → 42)")
     async def show(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
+        await guarded(interaction, lambda: self._show(interaction, job))
+
+    async def _show(self, interaction: discord.Interaction, job: int) -> None:
         storage, runner = self.bot.storage, self.bot.runner
         found = await storage.get_job(job)
         if found is None:
@@ -127,6 +134,9 @@ class History(commands.Cog):
 
     @app_commands.command(name="info", description="Your queued and running jobs, the queue, the engine and model")
     async def info(self, interaction: discord.Interaction) -> None:
+        await guarded(interaction, lambda: self._info(interaction))
+
+    async def _info(self, interaction: discord.Interaction) -> None:
         bot, user_id = self.bot, interaction.user.id
         queue = bot.runner.queue
         lines = []

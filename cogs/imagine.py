@@ -103,6 +103,9 @@ class Imagine(commands.Cog):
         prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
         image: discord.Attachment | None = None,
     ) -> None:
+        await guarded(interaction, lambda: self._imagine(interaction, prompt, image))
+
+    async def _imagine(self, interaction: discord.Interaction, prompt: str, image: discord.Attachment | None) -> None:
         storage, config = self.bot.storage, self.bot.config
         settings = await storage.get_settings(interaction.user.id)
         requests = parse_prompts(prompt, self.bot.engine.profile, settings.to_defaults())

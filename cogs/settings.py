@@ -63,8 +63,11 @@ class Settings(commands.Cog):
 
     @app_commands.command(name="settings", description="Your defaults for /imagine: aspect ratio, quality, style, model…")
     async def settings(self, interaction: discord.Interaction) -> None:
-        current = await self.bot.storage.get_settings(interaction.user.id)
-        await interaction.response.send_message(embed=self.embed(current), view=self.view(current), ephemeral=True)
+        async def answer() -> None:
+            current = await self.bot.storage.get_settings(interaction.user.id)
+            await interaction.response.send_message(embed=self.embed(current), view=self.view(current), ephemeral=True)
+
+        await guarded(interaction, answer)
 
     # -- what the message shows ----------------------------------------------------------------
 

@@ -21,13 +21,12 @@ UNEXPECTED = "Something went wrong on our side; it has been logged. Please try a
 
 
 def user_message(error: BaseException) -> str:
-    """What the user reads for `error`; unexpected errors are logged here, once."""
+    """What the user reads for `error`: its own message if we raised it on purpose, else one line."""
     original = error.original if isinstance(error, app_commands.CommandInvokeError) else error
     if isinstance(original, ImagineError):
         return str(original)
     if isinstance(error, app_commands.CheckFailure | app_commands.TransformerError):
         return str(error)
-    log.error("unexpected error in an interaction", exc_info=original)
     return UNEXPECTED
 
 
@@ -37,6 +36,7 @@ async def send_error(interaction: discord.Interaction, text: str) -> None:
     When the interaction was already answered with a public "thinking..." message, that message is
     removed first: the first followup would otherwise take over its public visibility.
     """
+    interaction.extras["error_shown"] = True
     text = "❌ " + shorten(text, 1900)
     try:
         if not interaction.response.is_done():
@@ -54,8 +54,24 @@ async def send_error(interaction: discord.Interaction, text: str) -> None:
 
 
 async def guarded(interaction: discord.Interaction, action: Callable[[], Awaitable[object]]) -> None:
-    """Run a component or modal callback so that any failure ends as a message, never a traceback."""
+    """Run a command, component or modal callback so that every failure ends as a short message.
+
+    Errors raised on purpose stop here. Anything else is a bug: the user gets one line, and the
+    error goes on to discord.py's handlers, which log it with its traceback.
+    """
     try:
         await action()
-    except Exception as error:  # noqa: BLE001 - this is the last line of defence
-        await send_error(interaction, user_message(error))
+    except ImagineError as error:
+        await send_error(interaction, str(error))
+    except Exception:
+        await send_error(interaction, UNEXPECTED)
+        raise
+
+
+async def on_app_command_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    """The command tree's last resort: log what was not expected, and tell the user if nobody has."""
+    message = user_message(error)
+    if message == UNEXPECTED:
+        log.error("unexpected error in /%s", getattr(interaction.command, "name", "?"), exc_info=error)
+    if not interaction.extras.get("error_shown"):
+        await send_error(interaction, message)

@@ -279,8 +279,8 @@ class JobRunner:
         return job
 
     async def _show_waiting(self, job: Job, message: JobMessage, position: int, note: str = "") -> None:
-        if position == 0 and not note:
-            return  # the worker is about to show "(0%)"
+        # Always edited at once, even when the job starts right away: a deferred response's
+        # "thinking…" must be settled before any followup, or Discord turns that followup into it.
         try:
             await message.edit(
                 unless_running=True,

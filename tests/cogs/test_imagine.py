@@ -8,7 +8,6 @@ import pytest
 from PIL import Image
 
 from engine.types import ImageResult
-
 from tests.cogs.conftest import FAST, attachment_image, buttons_of, callbacks, rows_of
 
 pytestmark = pytest.mark.simcord(settle_timeout=60)
