@@ -35,7 +35,7 @@ class QueueFull(ImagineError):
     `limit` is "user" (the owner's waiting jobs), "global" (all waiting jobs) or "closed".
     """
 
-    def __init__(self, message: str, limit: str, count: int = 0, maximum: int = 0) -> None:
+    def __init__(self, message: str, limit: str = "", count: int = 0, maximum: int = 0) -> None:
         super().__init__(message)
         self.limit = limit
         self.count = count
@@ -55,7 +55,7 @@ class QueuedJob:
     owner: int | str
     payload: Any = None
     #: Submission order, set by the queue; breaks ties between owners that were never served.
-    seq: int = field(default=-1, compare=False, repr=False)
+    seq: int = field(default=-1, init=False, compare=False, repr=False)
 
 
 class JobQueue:
@@ -178,6 +178,12 @@ class JobQueue:
         """
         while self._workers:
             await asyncio.wait(set(self._workers))
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called. A `run` that sees CancelledError checks this to tell a
+        shutdown (leave the job unfinished, to be resumed after the restart) from a user's cancel."""
+        return self._closed
 
     async def close(self) -> None:
         """Drop waiting jobs, cancel running ones and wait for the workers to end."""

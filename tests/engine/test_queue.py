@@ -243,6 +243,7 @@ async def test_cancel_a_running_job_and_go_on_with_the_next():
     assert gated.queue.cancel("A1") is True  # still stopping; asking twice is harmless
     await settle()
     assert gated.cancelled == ["A1"]
+    assert not gated.queue.closed
     assert gated.started == ["A1", "B1"]  # the worker survived and took the next job
     assert gated.queue.position("A1") is None
     assert gated.queue.cancel("A1") is False
@@ -344,10 +345,22 @@ async def test_no_task_is_left_once_the_queue_drains():
 
 async def test_close_cancels_running_drops_waiting_and_refuses_more():
     gated = Gated()
+    seen_closed: list[bool] = []
+
+    async def run(job: QueuedJob) -> None:
+        try:
+            await gated.run(job)
+        except asyncio.CancelledError:
+            seen_closed.append(gated.queue.closed)  # a shutdown, not a user's cancel
+            raise
+
+    gated.queue = JobQueue(run)
     for n in range(3):
         gated.submit(n, "A")
     await settle()
+    assert not gated.queue.closed
     await gated.queue.close()
+    assert seen_closed == [True]
     assert gated.cancelled == [0]
     assert gated.started == [0]
     assert len(gated.queue) == 0
