@@ -21,7 +21,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from cogs.utils import derive
-from cogs.utils.errors import guarded, send_error
+from cogs.utils.errors import PRIVATE_DEFER, guarded, send_error
 from cogs.utils.images import InputImageError, check_upload, load_upload
 from engine.params import format_prompt, parse_prompt, parse_prompts
 from engine.types import MAX_PROMPT_CHARS, GenerationRequest, ImagineError
@@ -120,8 +120,15 @@ class Imagine(commands.Cog):
                 ephemeral=True,
             )
             return
-        await interaction.response.defer(thinking=True, ephemeral=settings.private)
-        await self.queue_requests(interaction, requests, image, private=settings.private)
+        if image is None:
+            await interaction.response.defer(thinking=True, ephemeral=settings.private)
+            await self.queue_requests(interaction, requests, None, private=settings.private)
+            return
+        # The image is only checked once downloaded, after the defer: a private defer keeps a
+        # refusal private, and the jobs follow as messages of their own.
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        interaction.extras[PRIVATE_DEFER] = True
+        await self.queue_requests(interaction, requests, image, private=settings.private, followup_all=True)
 
     async def queue_requests(
         self,
@@ -144,6 +151,8 @@ class Imagine(commands.Cog):
                 await send_error(interaction, str(error))
                 return
             requests = [request.replace(init_image=png) for request in requests]
+            if interaction.extras.get(PRIVATE_DEFER):
+                await interaction.edit_original_response(content=f"Using `{image.filename}` as the image prompt.")
         for number, request in enumerate(requests):
             await self.runner.start(
                 interaction, request, kind="imagine", ephemeral=private, followup=followup_all or number > 0

@@ -18,6 +18,9 @@ from engine.types import ImagineError
 log = logging.getLogger(__name__)
 
 UNEXPECTED = "Something went wrong on our side; it has been logged. Please try again."
+#: `interaction.extras` keys: the response was deferred privately; the response shows a job now.
+PRIVATE_DEFER = "imagine_private_defer"
+ORIGINAL_USED = "imagine_original_used"
 
 
 def user_message(error: BaseException) -> str:
@@ -33,8 +36,9 @@ def user_message(error: BaseException) -> str:
 async def send_error(interaction: discord.Interaction, text: str) -> None:
     """Show `text` to the user who acted, and to nobody else.
 
-    When the interaction was already answered with a public "thinking..." message, that message is
-    removed first: the first followup would otherwise take over its public visibility.
+    After a "thinking…" defer the first followup would become that message, public or not: a
+    private defer simply turns into the error; a public one is settled and removed first (unless
+    it already shows a job, see `ORIGINAL_USED`), and the error follows privately.
     """
     interaction.extras["error_shown"] = True
     text = "❌ " + shorten(text, 1900)
@@ -42,8 +46,13 @@ async def send_error(interaction: discord.Interaction, text: str) -> None:
         if not interaction.response.is_done():
             await interaction.response.send_message(text, ephemeral=True)
             return
-        if interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+        thinking = interaction.response.type is discord.InteractionResponseType.deferred_channel_message
+        if thinking and not interaction.extras.get(ORIGINAL_USED):
+            if interaction.extras.get(PRIVATE_DEFER):
+                await interaction.edit_original_response(content=text, attachments=[], view=None)
+                return
             try:
+                await interaction.edit_original_response(content="…", attachments=[], view=None)
                 await interaction.delete_original_response()
             except discord.HTTPException:
                 await interaction.edit_original_response(content=text, attachments=[], view=None)

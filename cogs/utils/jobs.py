@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from cogs.utils import buttons
+from cogs.utils.errors import ORIGINAL_USED
 from cogs.utils.images import fit_upload
 from cogs.utils.rendering import grid_png, job_content, kind_label, progress_status, waiting_status
 from engine.queue import JobQueue, QueuedJob, QueueFull
@@ -264,6 +265,7 @@ class JobRunner:
                 self.content(job, waiting_status(1)), ephemeral=ephemeral, wait=True, allowed_mentions=mentions
             )
         else:
+            interaction.extras[ORIGINAL_USED] = True
             sent = await interaction.original_response()
         await self.storage.set_message(job.id, sent.channel.id, sent.id)
         message = JobMessage(

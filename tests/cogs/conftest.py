@@ -21,7 +21,7 @@ from PIL import Image
 from bot import ImagineBot, create_bot
 from cogs.utils.config import BotConfig
 from engine.base import Engine
-from engine.types import GenerationRequest, ImageResult, ModelProfile, Progress, ProgressCallback
+from engine.types import GenerationRequest, ImageResult, ModelProfile, Progress, ProgressCallback, PromptError
 
 FAST = "--steps 1"
 
@@ -48,7 +48,12 @@ class FakeEngine(Engine):
         self.env: Any = None
 
     def profile(self, model: str | None = None) -> ModelProfile:
-        return ModelProfile(name="fake", base_resolution=64, default_steps=2, size_multiple=64)
+        if model not in (None, *self.models()):
+            raise PromptError(f"Unknown model {model!r}. Available: {', '.join(self.models())}.", "model")
+        return ModelProfile(name=model or "fake", base_resolution=64, default_steps=2, size_multiple=64)
+
+    def models(self) -> list[str]:
+        return ["fake", "fake-wide"]
 
     def close_gate(self, env: Any) -> None:
         self.env, self.gate = env, asyncio.Event()
@@ -75,6 +80,17 @@ class FakeEngine(Engine):
 @pytest.fixture
 def bot_config(tmp_path: Path, tiny_engine: Engine) -> BotConfig:
     return BotConfig(db_path=tmp_path / "data" / "imagine.db", engine=tiny_engine, progress_interval=0.0)
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def fake_config(tmp_path: Path, fake_engine: FakeEngine) -> BotConfig:
+    """A bot on `FakeEngine`; a test module opts in by defining `bot_config` to return this."""
+    return BotConfig(db_path=tmp_path / "data" / "imagine.db", engine=fake_engine, progress_interval=0.0)
 
 
 @pytest.fixture
