@@ -102,7 +102,9 @@ class RateLimitRule:
     retry_after: float
     is_global: bool
     via: bool
-    hits: int = 0
+    when: Callable[[RecordedRequest], bool] | None = None
+    #: The requests this rule answered with a 429.
+    hits: list[RecordedRequest] = field(default_factory=list)
 
 
 @dataclass
@@ -214,12 +216,14 @@ class FakeDiscord:
         retry_after: float = 0.3,
         is_global: bool = False,
         via: bool = True,
+        when: Callable[[RecordedRequest], bool] | None = None,
     ) -> RateLimitRule:
         """Answer the next `times` requests whose path fully matches the regex `path` with a 429.
 
-        `via=False` leaves out the `Via` header, which discord.py takes for a Cloudflare ban.
+        `when` narrows it further (e.g. only the request that uploads a PNG); `via=False` leaves
+        out the `Via` header, which discord.py takes for a Cloudflare ban.
         """
-        rule = RateLimitRule(method.upper(), re.compile(path), times, retry_after, is_global, via)
+        rule = RateLimitRule(method.upper(), re.compile(path), times, retry_after, is_global, via, when)
         self._rate_limits.append(rule)
         return rule
 
@@ -425,9 +429,15 @@ class FakeDiscord:
 
     def _take_rate_limit(self, recorded: RecordedRequest) -> web.Response | None:
         for rule in self._rate_limits:
-            if rule.remaining > 0 and rule.method == recorded.method and rule.path.fullmatch(recorded.path):
+            if (
+                rule.remaining <= 0
+                or rule.method != recorded.method
+                or not rule.path.fullmatch(recorded.path)
+            ):
+                continue
+            if rule.when is None or rule.when(recorded):
                 rule.remaining -= 1
-                rule.hits += 1
+                rule.hits.append(recorded)
                 headers = {
                     "Retry-After": str(math.ceil(rule.retry_after)),
                     "X-RateLimit-Limit": "5",
