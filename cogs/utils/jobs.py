@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import io
 import logging
 import re
@@ -135,7 +136,8 @@ class Progressor:
     """Turns the engine's per-step callbacks into message edits, at most one per interval.
 
     Edits run as tasks so the engine never waits on Discord, and only one is in flight at a time;
-    a step that arrives while one is sending is simply skipped.
+    a step that arrives while one is sending is simply skipped. Engines call back from wherever
+    their work ran (a thread's context), so each callback runs in the job's own context.
     """
 
     message: JobMessage
@@ -144,8 +146,12 @@ class Progressor:
     last: float = float("-inf")
     task: asyncio.Task[None] | None = None
     edits: int = 0
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     def __call__(self, progress: Progress) -> None:
+        self.context.run(self._step, progress)
+
+    def _step(self, progress: Progress) -> None:
         now = time.monotonic()
         if progress.step >= progress.total or now - self.last < self.interval:
             return

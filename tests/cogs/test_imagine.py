@@ -151,3 +151,24 @@ async def test_remix_with_a_bad_parameter_is_refused_privately(scene, simcord_bo
 
     assert submitted.ephemeral and "--ar" in submitted.response.content
     assert (await simcord_bot.storage.history(scene.bob.id))[1] == 0
+
+
+def _progress_edits(env) -> list[dict]:
+    edits = [e.json for e in env.http_requests if e.method == "PATCH" and e.json]
+    return [edit for edit in edits if "%)" in (edit.get("content") or "")]
+
+
+async def test_progress_is_shown_with_a_live_preview(scene, simcord_bot):
+    await scene.alice.slash(scene.channel, "imagine", prompt="a fox --steps 3")
+
+    edits = _progress_edits(scene.env)
+    assert [e["content"].rsplit(" ", 1)[-1] for e in edits] == ["(0%)", "(33%)", "(66%)"]
+    assert [a["filename"] for a in edits[1]["attachments"]] == ["preview.jpg"]
+
+
+async def test_progress_edits_respect_the_interval(scene, simcord_bot):
+    simcord_bot.config.progress_interval = 3600
+
+    await scene.alice.slash(scene.channel, "imagine", prompt="a fox --steps 3")
+
+    assert [e["content"].rsplit(" ", 1)[-1] for e in _progress_edits(scene.env)] == ["(0%)", "(33%)"]
