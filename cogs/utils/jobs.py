@@ -194,8 +194,6 @@ class JobRunner:
         )
         #: Jobs whose owner pressed ❌ while they ran: their CancelledError is a cancel, not a shutdown.
         self.user_cancelled: set[int] = set()
-        #: How many progress edits each job made; tests and /info read it.
-        self.progress_edits: dict[int, int] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -305,7 +303,11 @@ class JobRunner:
         if job is None or job.finished:
             return
         message: JobMessage = queued.payload
-        await self.storage.mark_running(job.id)
+        try:
+            await self.storage.mark_running(job.id)
+        except ImagineError:
+            log.info("job %s ended before it could start", job.id)
+            return
         async with message.lock:
             message.running = True
         with contextlib.suppress(discord.HTTPException):
@@ -321,13 +323,12 @@ class JobRunner:
             filtered = [r for r in results if FinishReason(r.finish_reason) is FinishReason.FILTERED]
             if filtered and self.config.filtered == "refuse":
                 raise ContentFiltered("The image was flagged as unsafe by the content filter and is not shown.")
-            grid = grid_png(results) if len(results) > 1 else None
+            grid = await asyncio.to_thread(grid_png, results) if len(results) > 1 else None
             records = await self.storage.finish_job(job.id, results, grid)
         except asyncio.CancelledError:
             await progressor.finish()
             if job.id not in self.user_cancelled:
                 raise  # shutting down: the job stays unfinished in storage and resumes at the next start
-            self.user_cancelled.discard(job.id)
             await self._end(job, message, "cancelled", "(cancelled)")
             return
         except ImagineError as error:
@@ -340,9 +341,11 @@ class JobRunner:
             reason = "The engine failed on this job; the error has been logged. Press 🔄 to try again."
             await self._end(job, message, "failed", f"\n❌ {reason}", reason)
             return
+        finally:
+            self.user_cancelled.discard(job.id)
         await progressor.finish()
-        self.progress_edits[job.id] = progressor.edits
-        await self._post(job, message, results, records, label=label, spoiler=bool(filtered), grid=grid)
+        # The results are stored: a ❌ arriving now must not stop them from being shown.
+        await asyncio.shield(self._post(job, message, results, records, label=label, spoiler=bool(filtered), grid=grid))
 
     async def _decode_single(self, job: Job) -> tuple[ImageResult, int]:
         """U1-U4: the parent image decoded again at full quality from its stored latents; and its place."""
@@ -384,7 +387,9 @@ class JobRunner:
         spoiler: bool,
         grid: bytes | None,
     ) -> None:
-        data, name = fit_upload(grid or results[0].png, file_name(job.request.prompt, job.id), message.upload_limit)
+        data, name = await asyncio.to_thread(
+            fit_upload, grid or results[0].png, file_name(job.request.prompt, job.id), message.upload_limit
+        )
         file = discord.File(io.BytesIO(data), name, spoiler=spoiler)
         view = buttons.grid_view(job.id, len(records)) if len(records) > 1 else buttons.image_view(records[0].id)
         content = job_content(job.request, self.profile(job.request.model), job.user_id, label)
