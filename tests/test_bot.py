@@ -96,3 +96,18 @@ async def test_a_development_guild_gets_the_commands_directly(simcord_env, simco
         assert {c.name for c in await dev.tree.fetch_commands(guild=discord.Object(guild.id))} == COMMANDS
     finally:
         await dev.release()
+
+
+def test_the_example_env_file_is_valid_and_the_invite_link_has_the_documented_permissions():
+    from dotenv import dotenv_values
+
+    values = {k: v or "" for k, v in dotenv_values(ROOT / ".env.example").items()}
+    config = BotConfig.from_env(values)
+    assert config.token is None and config.user_waiting == 10
+
+    needed = discord.Permissions(
+        view_channel=True, send_messages=True, send_messages_in_threads=True,
+        embed_links=True, attach_files=True, read_message_history=True,
+    )
+    docs = (ROOT / "docs" / "bot.md").read_text()
+    assert f"scope=bot+applications.commands&permissions={needed.value}" in docs
