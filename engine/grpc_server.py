@@ -37,6 +37,7 @@ from engine.params import dimensions
 from engine.samplers import normalize_sampler
 from engine.styles import STYLE_NAMES, normalize_style
 from engine.types import (
+    MAX_IMAGES,
     MAX_SEED,
     ContentFiltered,
     EngineUnavailable,
@@ -119,6 +120,8 @@ def _weighted(text: str, weight: float) -> str:
 def _seeds(image: Any) -> tuple[int, ...]:
     given = [int(seed) for seed in image.seed]
     count = image.samples if image.HasField("samples") and image.samples > 0 else max(1, len(given))
+    if count > MAX_IMAGES:
+        raise PromptError(f"A job makes 1 to {MAX_IMAGES} images, not {count}: lower samples.", "samples")
     if not given:
         given = [0]
     seeds = given[:count]

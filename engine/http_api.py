@@ -338,7 +338,7 @@ class ImageApi:
             raise ApiError(503, str(error)) from None
         finally:
             self.pending -= 1
-        rendered = render(query, results)
+        rendered = await asyncio.to_thread(render, query, results)  # grids decode and encode PNGs
         if digest is not None:
             await asyncio.to_thread(self.cache.put, digest, rendered.png)
         return rendered

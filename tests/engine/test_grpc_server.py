@@ -162,6 +162,7 @@ def test_unknown_engine_is_not_found(tiny_server):
         ({"sampler": generation.SAMPLER_K_LMS}, "SAMPLER_K_LMS is not available"),
         ({"style_preset": "watercolour"}, "watercolour"),
         ({"samples": 11, "seed": 1}, "1 to 10 images"),
+        ({"samples": 1_000_000_000, "seed": 1}, "lower samples"),
         ({"prompt": ""}, "prompt is empty"),
     ],
 )
