@@ -299,10 +299,16 @@ class JobRunner:
     # -- running -----------------------------------------------------------------------------------
 
     async def _run(self, queued: QueuedJob) -> None:
-        job = await self.storage.get_job(int(queued.job_id))
+        message: JobMessage = queued.payload
+        try:
+            job = await self.storage.get_job(int(queued.job_id))
+        except ImagineError as error:  # its stored request cannot be read back (a file is gone)
+            await self.storage.fail_job(int(queued.job_id), str(error))
+            with contextlib.suppress(discord.HTTPException):
+                await message.edit(content=f"❌ {error}", attachments=[], view=None)
+            return
         if job is None or job.finished:
             return
-        message: JobMessage = queued.payload
         try:
             await self.storage.mark_running(job.id)
         except ImagineError:
