@@ -159,6 +159,8 @@ class FakeDiscord:
 
         self._ids = itertools.count(1)
         self._attachments: dict[int, tuple[str, bytes]] = {}
+        #: Ids of the attachments downloaded from the fake's CDN, in order.
+        self.downloads: list[int] = []
         self._rate_limits: list[RateLimitRule] = []
         self._sockets: list[_GatewayConnection] = []
         self._sequence = itertools.count(1)
@@ -316,7 +318,7 @@ class FakeDiscord:
         user_id: int | None = None,
     ) -> InteractionState:
         """Dispatch a component interaction (a button, or a select when `values` is given) on a stored message."""
-        message = self._message(message_id)
+        message = self._stored(message_id)
         known = {
             c.get("custom_id") for row in message.get("components", []) for c in row.get("components", [])
         }
@@ -344,7 +346,7 @@ class FakeDiscord:
         rows = [
             {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()
         ]
-        message = self._message(message_id) if message_id is not None else None
+        message = self._stored(message_id) if message_id is not None else None
         return await self._dispatch_interaction(
             MODAL_SUBMIT, {"custom_id": custom_id, "components": rows}, user_id=user_id, message=message
         )
@@ -637,9 +639,11 @@ class FakeDiscord:
 
     async def _serve_attachment(self, request: web.Request) -> web.Response:
         try:
-            content_type, data = self._attachments[int(request.match_info["attachment_id"])]
+            attachment_id = int(request.match_info["attachment_id"])
+            content_type, data = self._attachments[attachment_id]
         except (KeyError, ValueError):
             return web.Response(status=404)
+        self.downloads.append(attachment_id)
         return web.Response(body=data, headers={"Content-Type": content_type})
 
     # --- stored state ---------------------------------------------------------------------------
@@ -683,16 +687,20 @@ class FakeDiscord:
                 "user": interaction.payload.get("member", {}).get("user") or interaction.payload.get("user"),
                 "authorizing_integration_owners": {},
             }
+        self._apply(
+            message, data, files, creating=True
+        )  # may refuse it, like Discord: then nothing is stored
         self.messages[message_id] = message
-        self._apply(message, data, files, creating=True)
         return message
 
     def _edit(
         self, message: dict[str, Any], data: dict[str, Any], files: list[UploadedFile]
     ) -> dict[str, Any]:
-        self._apply(message, data, files, creating=False)
-        message["edited_timestamp"] = _now()
-        message["flags"] = message.get("flags", 0) & ~LOADING_FLAG
+        edited = dict(message)
+        self._apply(edited, data, files, creating=False)  # a refused edit leaves the message as it was
+        edited["edited_timestamp"] = _now()
+        edited["flags"] = edited.get("flags", 0) & ~LOADING_FLAG
+        message.update(edited)
         return message
 
     def _apply(
@@ -758,6 +766,13 @@ class FakeDiscord:
         if message is None or (channel is not None and int(message["channel_id"]) != channel):
             raise _Reply(_json({"message": "Unknown Message", "code": 10008}, status=404))
         return message
+
+    def _stored(self, message_id: int) -> dict[str, Any]:
+        """A message for a test to act on; a wrong id is the test's mistake, not an HTTP answer."""
+        try:
+            return self.messages[message_id]
+        except KeyError:
+            raise AssertionError(f"the fake holds no message {message_id}") from None
 
     def _interaction_for_webhook(self, app: str, token: str) -> InteractionState:
         self._check_application(app)

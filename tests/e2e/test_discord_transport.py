@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow
 
 CALLBACK = r"/interactions/\d+/[^/]+/callback"
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
+WEBHOOK_MESSAGE = r"/webhooks/\d+/[^/]+/messages/(@original|\d+)"
 #: Discord's privileged intents: GUILD_MEMBERS, GUILD_PRESENCES, MESSAGE_CONTENT.
 PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
 #: The tiny model draws 64x64, so a 2x2 grid is 128x128.
@@ -180,6 +181,38 @@ async def test_imagine_then_u1_over_the_wire_riding_out_429s(
     assert errors_in(logs.records) == []
     rode_out = [r for r in logs.records if r.name.startswith("discord.") and "rate limited" in r.getMessage()]
     assert len(rode_out) == 2  # discord.py saw both 429s as rate limits, not as bans
+
+
+async def test_an_image_prompt_is_downloaded_from_discord(fake: FakeDiscord, live_bot: ImagineBot) -> None:
+    start = io.BytesIO()
+    Image.new("RGB", (TILE, TILE), (20, 90, 200)).save(start, "PNG")
+    attachment = fake.add_attachment(start.getvalue(), "start.png")
+
+    command = await fake.send_command("imagine", {"prompt": "a blue fox --steps 1", "image": attachment})
+
+    # The job's message may be the deferred response or a followup of it: either is edited into the grid.
+    final = await fake.wait_for(
+        "PATCH", WEBHOOK_MESSAGE, status=200, predicate=lambda r: png_upload(r) is not None, within=20
+    )
+    assert command.token in final.path
+    assert final.json["content"].startswith("**a blue fox**")
+    assert fake.downloads == [int(attachment["id"])]
+    grid = png_upload(final)
+    assert grid is not None and grid.size == (2 * TILE, 2 * TILE)
+    (job,), _ = await live_bot.storage.history(fake.user_id)
+    assert job.request.init_image is not None
+
+
+async def test_a_file_that_is_no_image_gets_a_private_error(fake: FakeDiscord, live_bot: ImagineBot) -> None:
+    notes = fake.add_attachment(b"just some words", "notes.txt", "text/plain")
+
+    await fake.send_command("imagine", {"prompt": "a fox", "image": notes})
+
+    answer = await fake.wait_for("POST", CALLBACK, status=200, within=5)
+    assert answer.json["type"] == 4 and answer.json["data"]["flags"] & 64  # a message only the user sees
+    assert "not an image" in answer.json["data"]["content"]
+    assert fake.downloads == []  # refused from its metadata, before downloading a byte
+    assert (await live_bot.storage.history(fake.user_id))[1] == 0
 
 
 async def test_a_click_after_close_and_restart_still_works(

@@ -159,6 +159,17 @@ async def test_slash_command_defer_then_edit_with_file_and_button(fake: FakeDisc
     assert bot.errors == []
 
 
+async def test_a_command_in_dms(fake: FakeDiscord, bot: TinyBot) -> None:
+    interaction = await fake.send_command("echo", {"text": "psst"}, in_guild=False)
+
+    edit = await fake.wait_for("PATCH", WEBHOOK + "/messages/@original", status=200)
+    assert interaction.guild_id is None and "guild_id" not in interaction.payload
+    assert edit.json["content"] == "psst"
+    message = fake.original_message(interaction)
+    assert message is not None and "guild_id" not in message
+    assert bot.errors == []
+
+
 async def test_button_click_sends_a_followup_with_a_file(fake: FakeDiscord, bot: TinyBot) -> None:
     command = await fake.send_command("echo", {"text": "x"})
     await fake.wait_for("PATCH", WEBHOOK + "/messages/@original", status=200)
