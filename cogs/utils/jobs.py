@@ -19,6 +19,7 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,11 +142,10 @@ class Progressor:
     """
 
     message: JobMessage
-    text: Any  # Callable[[str], str]: the message content for a status
+    text: Callable[[str], str]  # the message content for a status such as "(40%)"
     interval: float
     last: float = float("-inf")
     task: asyncio.Task[None] | None = None
-    edits: int = 0
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
     def __call__(self, progress: Progress) -> None:
@@ -166,7 +166,6 @@ class Progressor:
     async def _send(self, fields: dict[str, Any]) -> None:
         try:
             await self.message.edit(**fields)
-            self.edits += 1
         except discord.HTTPException:
             log.warning("a progress edit failed", exc_info=True)
 
