@@ -1,0 +1,252 @@
+"""Queue behaviour seen from Discord: fairness, limits, cancel, restarts, failures.
+
+These use `FakeEngine`, whose jobs can be held at a gate so several wait at once.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import create_bot
+from cogs.utils.config import BotConfig
+from engine.types import EngineUnavailable, FinishReason, ImageResult
+from tests.cogs.conftest import FakeEngine, buttons_of
+
+pytestmark = pytest.mark.simcord(settle_timeout=30)
+
+
+@pytest.fixture
+def engine(fake_engine: FakeEngine) -> FakeEngine:
+    return fake_engine
+
+
+@pytest.fixture
+def bot_config(fake_config: BotConfig) -> BotConfig:
+    return fake_config
+
+
+async def test_a_newcomer_runs_before_a_heavy_users_backlog(scene, simcord_bot, engine):
+    engine.close_gate(scene.env)
+    messages = []
+    for number in range(1, 6):
+        result = await scene.alice.slash(scene.channel, "imagine", prompt=f"alice {number}")
+        messages.append(result.response)
+    bob = await scene.bob.slash(scene.channel, "imagine", prompt="bob 1")
+
+    assert engine.started == ["alice 1"]  # held at the gate; the rest wait
+    assert "(Waiting to start: next in the queue)" in bob.response.content
+    assert "number 4 in the queue" in messages[-1].content
+    engine.gate.set()
+    await scene.env.settle()
+
+    assert engine.started == ["alice 1", "bob 1", "alice 2", "alice 3", "alice 4", "alice 5"]
+    assert len(bob.response.attachments) == 1 and "U1" in buttons_of(bob.response)
+
+
+async def test_per_user_and_global_limits_refuse_clearly_and_store_nothing(scene, simcord_bot, engine):
+    simcord_bot.runner.queue.per_user_waiting = 2
+    simcord_bot.runner.queue.max_waiting = 3
+    engine.close_gate(scene.env)
+    for number in range(3):  # one runs, two wait
+        await scene.alice.slash(scene.channel, "imagine", prompt=f"alice {number}")
+
+    refused = await scene.alice.slash(scene.channel, "imagine", prompt="one too many")
+    assert refused.ephemeral
+    assert "2 jobs waiting" in refused.response.content and "limit is 2" in refused.response.content
+    assert (await simcord_bot.storage.history(scene.alice.id))[1] == 3
+
+    await scene.bob.slash(scene.channel, "imagine", prompt="bob fits")  # the third waiting job
+    carol = scene.guild.add_member(scene.env.create_user("carol"))
+    full = await carol.slash(scene.channel, "imagine", prompt="carol is too late")
+    assert full.ephemeral and "The queue is full" in full.response.content
+    assert (await simcord_bot.storage.history(carol.id))[1] == 0
+    engine.gate.set()
+    await scene.env.settle()
+
+
+async def test_cancel_is_for_the_owner_and_works_waiting_or_running(scene, simcord_bot, engine):
+    engine.close_gate(scene.env)
+    running = (await scene.alice.slash(scene.channel, "imagine", prompt="runs")).response
+    waiting = (await scene.alice.slash(scene.channel, "imagine", prompt="waits")).response
+    storage = simcord_bot.storage
+    (waiting_job, running_job), _ = await storage.history(scene.alice.id)
+
+    denied = await scene.bob.click(waiting.message, custom_id=buttons_of(waiting)["❌"])
+    assert denied.ephemeral and "Only the person who started" in denied.response.content
+    assert (await storage.get_job(waiting_job.id)).status == "queued"
+
+    await scene.alice.click(waiting.message, custom_id=buttons_of(waiting)["❌"])
+    assert (await storage.get_job(waiting_job.id)).status == "cancelled"
+    assert waiting.content.endswith("(cancelled)") and list(buttons_of(waiting)) == ["🔄"]
+
+    await scene.alice.click(running.message, custom_id=buttons_of(running)["❌"])
+    assert (await storage.get_job(running_job.id)).status == "cancelled"
+    assert running.content.endswith("(cancelled)") and list(buttons_of(running)) == ["🔄"]
+    assert simcord_bot.runner.queue.running() == [] and simcord_bot.runner.queue.waiting() == []
+    assert engine.started == ["runs"]
+
+    # The queue keeps working after a cancel.
+    engine.gate.set()
+    after = await scene.alice.slash(scene.channel, "imagine", prompt="after")
+    assert len(after.response.attachments) == 1
+
+
+async def test_a_button_on_an_old_message_works_after_a_restart(scene, simcord_bot, bot_config):
+    grid = (await scene.alice.slash(scene.channel, "imagine", prompt="before the restart")).response
+
+    fresh = create_bot(bot_config)
+    await scene.env.restart_bot(fresh)
+    await simcord_bot.release()
+    try:
+        result = await scene.bob.click(grid.message, label="U3")
+        assert "Image #3" in result.response.content and len(result.response.attachments) == 1
+        variations = await scene.bob.click(grid.message, label="V1")
+        assert len(buttons_of(variations.response)) == 9
+    finally:
+        await fresh.release()
+
+
+async def test_unfinished_jobs_resume_after_a_restart(scene, simcord_bot, bot_config, engine):
+    engine.close_gate(scene.env)
+    first = (await scene.alice.slash(scene.channel, "imagine", prompt="interrupted")).response
+    second = (await scene.bob.slash(scene.channel, "imagine", prompt="never started")).response
+    storage = simcord_bot.storage
+    assert [j.status for j in await storage.unfinished_jobs()] == ["running", "queued"]
+
+    bot_config.engine = FakeEngine()  # a new process: a new engine, open
+    fresh = create_bot(bot_config)
+    await scene.env.restart_bot(fresh)
+    await simcord_bot.release()
+    try:
+        await scene.env.settle()
+        assert bot_config.engine.started == ["interrupted", "never started"]
+        assert await fresh.storage.unfinished_jobs() == []
+        for message in (first, second):
+            assert len(message.attachments) == 1 and "U1" in buttons_of(message)
+            assert "Waiting" not in message.content
+    finally:
+        await fresh.release()
+
+
+async def test_without_resume_unfinished_jobs_fail_visibly_with_a_retry(scene, simcord_bot, bot_config, engine):
+    engine.close_gate(scene.env)
+    message = (await scene.alice.slash(scene.channel, "imagine", prompt="interrupted")).response
+
+    bot_config.engine = FakeEngine()
+    bot_config.resume_jobs = False
+    fresh = create_bot(bot_config)
+    await scene.env.restart_bot(fresh)
+    await simcord_bot.release()
+    try:
+        (job,), _ = await fresh.storage.history(scene.alice.id)
+        assert job.status == "failed" and "restarted" in job.error
+        assert "restarted" in message.content and list(buttons_of(message)) == ["🔄"]
+        retried = await scene.alice.click(message.message, custom_id=buttons_of(message)["🔄"])
+        assert len(retried.response.attachments) == 1
+    finally:
+        await fresh.release()
+
+
+async def test_engine_errors_end_the_job_with_their_message(scene, simcord_bot, engine):
+    async def broken(request, on_progress=None, preview=False):
+        raise EngineUnavailable("The model server at 10.0.0.5:50051 is not answering.")
+
+    engine.generate = broken
+    result = await scene.alice.slash(scene.channel, "imagine", prompt="a fox")
+
+    assert "❌ The model server at 10.0.0.5:50051 is not answering." in result.response.content
+    assert list(buttons_of(result.response)) == ["🔄"]
+    (job,), _ = await simcord_bot.storage.history(scene.alice.id)
+    assert job.status == "failed" and "not answering" in job.error
+
+
+async def test_unexpected_engine_errors_are_logged_not_shown(scene, simcord_bot, engine, caplog):
+    async def broken(request, on_progress=None, preview=False):
+        raise RuntimeError("CUDA error: device-side assert triggered at 0xdeadbeef")
+
+    engine.generate = broken
+    result = await scene.alice.slash(scene.channel, "imagine", prompt="a fox")
+
+    assert "deadbeef" not in result.response.content and "has been logged" in result.response.content
+    assert "deadbeef" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["spoiler", "refuse"])
+async def test_filtered_images_are_spoilered_or_refused(scene, simcord_bot, engine, mode):
+    simcord_bot.config.filtered = mode
+    plain = engine.generate
+
+    async def flagged(request, on_progress=None, preview=False):
+        results = await plain(request, on_progress, preview)
+        return [ImageResult(png=r.png, seed=r.seed, index=r.index, width=r.width, height=r.height,
+                            finish_reason=FinishReason.FILTERED) for r in results]
+
+    engine.generate = flagged
+    result = await scene.alice.slash(scene.channel, "imagine", prompt="something questionable")
+
+    (job,), _ = await simcord_bot.storage.history(scene.alice.id)
+    if mode == "spoiler":
+        assert result.response.attachments[0].filename.startswith("SPOILER_") and job.status == "done"
+    else:
+        assert result.response.attachments == [] and job.status == "failed"
+        assert "content filter" in result.response.content
+
+
+async def test_permutations_make_one_job_each_and_ask_above_five(scene, simcord_bot, engine):
+    two = await scene.alice.slash(scene.channel, "imagine", prompt="a {red, blue} fox")
+    assert two.response.content.startswith("**a red fox**")
+    assert [m.content.split("**")[1] for m in two.followups] == ["a blue fox"]
+    assert engine.started == ["a red fox", "a blue fox"]
+
+    many = await scene.alice.slash(scene.channel, "imagine", prompt="a {red, green, blue} {cat, dog}")
+    assert many.ephemeral and "6 jobs" in many.response.content
+    assert len(engine.started) == 2  # nothing runs before the answer
+    confirmed = await scene.alice.click(many.response.message, label="Yes, queue them all")
+    assert len(confirmed.followups) == 6
+    assert engine.started[2:] == ["a red cat", "a red dog", "a green cat", "a green dog", "a blue cat", "a blue dog"]
+    assert all(len(m.attachments) == 1 for m in confirmed.followups)
+
+
+async def test_a_private_job_resumed_after_a_restart_is_delivered_privately(scene, simcord_bot, bot_config, engine):
+    await simcord_bot.storage.update_settings(scene.alice.id, private=True)
+    engine.close_gate(scene.env)
+    first = await scene.alice.slash(scene.channel, "imagine", prompt="my secret")
+    assert first.ephemeral
+
+    bot_config.engine = FakeEngine()
+    fresh = create_bot(bot_config)
+    await scene.env.restart_bot(fresh)
+    await simcord_bot.release()
+    try:
+        await scene.env.settle()
+        # The old token is gone and an ephemeral message cannot be edited by the bot: the result
+        # goes to the owner's DMs, never into the channel.
+        assert scene.channel.history() == []
+        dms = [m for m in scene.alice.user.dm_channel.history() if m.attachments]
+        (job,), _ = await fresh.storage.history(scene.alice.id)
+        assert job.status == "done"
+        assert dms and "my secret" in dms[-1].content
+    finally:
+        await fresh.release()
+
+
+async def test_a_job_whose_image_prompt_file_vanished_fails_visibly(scene, simcord_bot, engine, tmp_path):
+    import io
+
+    from PIL import Image
+
+    engine.close_gate(scene.env)
+    await scene.alice.slash(scene.channel, "imagine", prompt="first")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(buffer, format="PNG")
+    result = await scene.alice.slash(scene.channel, "imagine", prompt="from a photo", image=("p.png", buffer.getvalue()))
+    (waiting,) = result.followups
+    for path in simcord_bot.storage.files.root.rglob("*.png"):
+        path.unlink()  # the data directory was pruned while the job waited
+
+    engine.gate.set()
+    await scene.env.settle()
+
+    (job, _), _ = await simcord_bot.storage.history(scene.alice.id)
+    assert job.status == "failed" and waiting.content.startswith("❌")
+    assert await simcord_bot.storage.unfinished_jobs() == []
