@@ -7,6 +7,7 @@ the same thing everywhere. Secrets are kept out of `repr` so they never reach a 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def _parse_models(text: str) -> dict[str, str]:
     return models
 
 
+def parse_blocklist(text: str | None) -> tuple[str, ...]:
+    """Words and phrases from a comma- or newline-separated list, lower-cased, blanks dropped."""
+    if not text:
+        return ()
+    items = (item.strip().lower() for item in re.split(r"[,\n]", text))
+    return tuple(dict.fromkeys(item for item in items if item))
+
+
 def model_name(spec: str) -> str:
     """A short name for a model spec: the folder or file stem, or the last part of a hub id."""
     path = Path(spec)
@@ -53,6 +62,7 @@ class EngineConfig:
     tiny_decoder: str | None = None
     stability_api_key: str | None = field(default=None, repr=False)
     grpc_api_key: str | None = field(default=None, repr=False)
+    blocklist: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> EngineConfig:
@@ -70,6 +80,7 @@ class EngineConfig:
             tiny_decoder=env.get("IMAGINE_TINY_DECODER") or None,
             stability_api_key=env.get("STABILITY_API_KEY") or None,
             grpc_api_key=env.get("IMAGINE_GRPC_API_KEY") or None,
+            blocklist=parse_blocklist(env.get("IMAGINE_BLOCKLIST")),
         )
 
     def model_specs(self) -> dict[str, str]:

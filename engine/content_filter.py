@@ -10,7 +10,6 @@ keep one result per seed and decide themselves how to show it.
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -18,21 +17,13 @@ from typing import Any
 from PIL import Image
 
 from engine.base import Engine
+from engine.config import parse_blocklist
 from engine.types import FinishReason, GenerationRequest, ImageResult, ModelProfile, ProgressCallback
 
 PLACEHOLDER_GREY = (128, 128, 128)
 
 
-def parse_blocklist(text: str | None) -> tuple[str, ...]:
-    """Words and phrases from a comma- or newline-separated list, lower-cased, blanks dropped."""
-    if not text:
-        return ()
-    items = (item.strip().lower() for item in re.split(r"[,\n]", text))
-    return tuple(dict.fromkeys(item for item in items if item))
-
-
-def blocklist_from_env(env: dict[str, str] | None = None) -> tuple[str, ...]:
-    return parse_blocklist((env if env is not None else os.environ).get("IMAGINE_BLOCKLIST"))
+__all__ = ["Blocklist", "FilteredEngine", "parse_blocklist", "with_blocklist"]
 
 
 class Blocklist:

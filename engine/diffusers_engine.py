@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import io
 import logging
 import math
@@ -175,10 +176,11 @@ class DiffusersEngine(Engine):
     ) -> list[ImageResult]:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
+        caller = contextvars.copy_context()  # callbacks run in the caller's context, not the worker's
         report = None
         if on_progress is not None:
             def report(progress: Progress) -> None:
-                loop.call_soon_threadsafe(on_progress, progress)
+                loop.call_soon_threadsafe(on_progress, progress, context=caller)
         try:
             return await self._run(self.generate_sync, request, report, preview, cancel)
         except asyncio.CancelledError:

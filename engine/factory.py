@@ -13,7 +13,14 @@ from engine.types import EngineUnavailable
 
 
 def build_engine(config: EngineConfig | None = None) -> Engine:
+    """The configured engine, behind the operator's blocklist (IMAGINE_BLOCKLIST) when there is one."""
+    from engine.content_filter import with_blocklist
+
     config = config or EngineConfig.from_env()
+    return with_blocklist(_engine(config), config.blocklist)
+
+
+def _engine(config: EngineConfig) -> Engine:
     kind = config.engine.strip()
     if kind in ("", "local"):
         from engine.diffusers_engine import DiffusersEngine

@@ -451,14 +451,14 @@ def read_api_keys(env_value: str | None, path: str | None) -> list[str]:
 async def _serve(args: argparse.Namespace) -> None:
     import os
 
-    from engine.config import EngineConfig
-    from engine.content_filter import blocklist_from_env, parse_blocklist, with_blocklist
+    from engine.config import EngineConfig, parse_blocklist
+    from engine.content_filter import with_blocklist
     from engine.diffusers_engine import DiffusersEngine
 
     config = EngineConfig.from_env()
     # Always the in-process engine: an IMAGINE_ENGINE=grpc://... shared with the bot must not loop back here.
     local = DiffusersEngine(config, model=args.model)
-    blocklist = parse_blocklist(args.blocklist) if args.blocklist is not None else blocklist_from_env()
+    blocklist = parse_blocklist(args.blocklist) if args.blocklist is not None else config.blocklist
     engine = with_blocklist(local, blocklist)
     engine_ids = parse_engine_ids(args.engine_id, engine.models())
     api_keys = read_api_keys(os.environ.get("IMAGINE_GRPC_API_KEYS"), args.api_keys_file)

@@ -521,15 +521,15 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str] | Iterable[
 
 
 def cmd_serve_http(args: argparse.Namespace) -> int:
-    from engine.config import EngineConfig
-    from engine.content_filter import blocklist_from_env, parse_blocklist, with_blocklist
+    from engine.config import EngineConfig, parse_blocklist
     from engine.factory import build_engine
 
     logging.getLogger("engine").setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.INFO)
-    engine = build_engine(EngineConfig.from_env())
-    blocklist = parse_blocklist(args.blocklist) if args.blocklist is not None else blocklist_from_env()
-    engine = with_blocklist(engine, blocklist)
+    config = EngineConfig.from_env()
+    if args.blocklist is not None:
+        config.blocklist = parse_blocklist(args.blocklist)
+    engine = build_engine(config)
     app = create_app(engine, settings_from_args(args), manage_engine=True)
     print(f"loading {engine.profile().name} ...", flush=True)
     web.run_app(

@@ -16,7 +16,6 @@ protobuf modules and stub. Three things the stock client gets wrong for a bot ar
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import ipaddress
 import json
@@ -205,10 +204,8 @@ def _progress(answer: Any) -> Progress | None:
 
 
 def _notice(total: int, text: str) -> Progress:
-    """A progress reset that carries a message for the user where `Progress` can hold one."""
-    if "message" in {f.name for f in dataclasses.fields(Progress)}:
-        return Progress(0, total, message=text)  # type: ignore[call-arg]
-    return Progress(0, total)
+    """A progress reset that carries a message for the user."""
+    return Progress(0, total, message=text)
 
 
 class _Call:

@@ -185,6 +185,8 @@ class Progress:
     step: int
     total: int
     preview: bytes | None = field(default=None, repr=False)
+    #: Something the user should read, e.g. that a dead engine server's job is being retried elsewhere.
+    message: str | None = None
 
     @property
     def fraction(self) -> float:

@@ -236,3 +236,13 @@ def test_engine_around_an_in_memory_pipeline():
     assert engine.models() == ["in-memory"] and engine.profile().base_resolution == 64
     results = engine.generate_sync(request(seeds=(1, 2)))
     assert [r.seed for r in results] == [1, 2] and "Model: in-memory" in results[0].parameters
+
+
+async def test_progress_callbacks_run_in_the_callers_context(tiny_engine):
+    import contextvars
+
+    job_id = contextvars.ContextVar("job_id", default=None)
+    job_id.set(42)
+    seen: list[object] = []
+    await tiny_engine.generate(request(steps=2), on_progress=lambda progress: seen.append(job_id.get()))
+    assert seen == [42, 42]

@@ -77,3 +77,18 @@ def test_config_reads_environment_and_hides_secrets():
     assert "sk-secret" not in repr(config)
     with pytest.raises(ValueError, match="name=path_or_id"):
         EngineConfig.from_env({"IMAGINE_MODELS": "oops"})
+
+
+def test_factory_puts_the_blocklist_in_front_of_any_engine(tiny_model_dir):
+    import asyncio
+
+    from engine.factory import build_engine
+    from engine.types import FinishReason
+
+    config = EngineConfig.from_env({"IMAGINE_MODEL": str(tiny_model_dir), "IMAGINE_DTYPE": "fp32", "IMAGINE_BLOCKLIST": "gore, Bad Word"})
+    assert config.blocklist == ("gore", "bad word")
+    engine = build_engine(config)
+    filtered = asyncio.run(engine.generate(REQUEST.replace(prompt="some BAD WORD here")))
+    assert [r.finish_reason for r in filtered] == [FinishReason.FILTERED] * 2
+    fine = asyncio.run(engine.generate(REQUEST.replace(prompt="a goreless meadow")))
+    assert [r.finish_reason for r in fine] == [FinishReason.OK] * 2
