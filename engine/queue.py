@@ -92,36 +92,52 @@ class JobQueue:
 
     # -- submitting and cancelling ---------------------------------------------------------------
 
+    def check(self, owner: Owner, count: int = 1) -> None:
+        """Raise QueueFull if `count` more jobs of `owner` would be refused; queue nothing.
+
+        Front-ends call this before they store or show anything, so a refusal leaves no trace.
+        The jobs are counted as if submitted one after another now: those that would start at
+        once take no waiting place.
+        """
+        if self._closed:
+            raise QueueClosed()
+        if count < 1:
+            return
+        mine = len(self._waiting.get(owner, ()))
+        would_wait = mine + max(0, count - self._free_for(owner))
+        if would_wait <= mine:
+            return
+        adding = f" and this would add {count}" if count > 1 else ""
+        if would_wait > self.per_user_waiting:
+            raise QueueFull(
+                f"You already have {mine} job{'s' if mine != 1 else ''} waiting{adding} "
+                f"(the limit is {self.per_user_waiting}). Wait for one to finish or cancel one with ❌.",
+                "user",
+                mine,
+                self.per_user_waiting,
+            )
+        total = self._waiting_count()
+        if total + would_wait - mine > self.max_waiting:
+            raise QueueFull(
+                f"The queue is full: {total} jobs are waiting{adding} (the limit is {self.max_waiting}). "
+                "Try again in a few minutes.",
+                "global",
+                total,
+                self.max_waiting,
+            )
+
     def submit(self, job: QueuedJob, *, enforce_limits: bool = True) -> int:
         """Queue `job`; return 0 if it started right away, else its 1-based place in the run order.
 
-        Raises QueueFull when the owner already has `per_user_waiting` jobs waiting or the queue
-        holds `max_waiting`. `enforce_limits=False` is for jobs resumed after a restart, which
-        were accepted once already and must not be dropped now.
+        Raises QueueFull as `check` does. `enforce_limits=False` is for jobs resumed after a
+        restart, which were accepted once already and must not be dropped now.
         """
         if self._closed:
             raise QueueClosed()
         if job.job_id in self._running or any(j.job_id == job.job_id for j in self._all_waiting()):
             raise ValueError(f"job {job.job_id!r} is already queued")
-        if enforce_limits and not self._could_start_now(job.owner):
-            mine = len(self._waiting.get(job.owner, ()))
-            if mine >= self.per_user_waiting:
-                raise QueueFull(
-                    f"You already have {mine} jobs waiting (the limit is {self.per_user_waiting}). "
-                    "Wait for one to finish or cancel one with ❌.",
-                    "user",
-                    mine,
-                    self.per_user_waiting,
-                )
-            total = self._waiting_count()
-            if total >= self.max_waiting:
-                raise QueueFull(
-                    f"The queue is full: {total} jobs are waiting (the limit is {self.max_waiting}). "
-                    "Try again in a few minutes.",
-                    "global",
-                    total,
-                    self.max_waiting,
-                )
+        if enforce_limits:
+            self.check(job.owner)
         job.seq = next(self._submissions)
         self._waiting.setdefault(job.owner, deque()).append(job)
         self._dispatch()
@@ -204,12 +220,14 @@ class JobQueue:
     def _waiting_count(self) -> int:
         return sum(len(jobs) for jobs in self._waiting.values())
 
-    def _could_start_now(self, owner: Owner) -> bool:
-        return (
-            len(self._running) < self.slots
-            and self._running_count.get(owner, 0) < self.per_user_running
-            and not self._waiting.get(owner)
-        )
+    def _free_for(self, owner: Owner) -> int:
+        """How many of the owner's jobs would start at once if submitted now.
+
+        None start while the owner has jobs waiting: new ones queue behind those.
+        """
+        if self._waiting.get(owner):
+            return 0
+        return max(0, min(self.slots - len(self._running), self.per_user_running - self._running_count.get(owner, 0)))
 
     @staticmethod
     def _pick_owner(eligible: list[Owner], last_served: dict[Owner, int], heads: dict[Owner, int]) -> Owner:

@@ -210,29 +210,7 @@ class JobRunner:
 
     def check_room(self, owner: int, count: int = 1) -> None:
         """Refuse up front what the queue would refuse, before anything is stored or shown publicly."""
-        queue = self.queue
-        waiting = len(queue.waiting(owner))
-        free_now = (
-            len(queue.running()) < queue.slots and len(queue.running(owner)) < queue.per_user_running and not waiting
-        )
-        would_wait = waiting + count - (1 if free_now else 0)
-        if would_wait > queue.per_user_waiting:
-            raise QueueFull(
-                f"You already have {waiting} job{'s' if waiting != 1 else ''} waiting and this would add {count}; "
-                f"the limit is {queue.per_user_waiting}. Wait for one to finish or cancel one with ❌.",
-                "user",
-                waiting,
-                queue.per_user_waiting,
-            )
-        total = len(queue.waiting())
-        if would_wait > 0 and total + would_wait > queue.max_waiting:
-            raise QueueFull(
-                f"The queue is full: {total} jobs are waiting (the limit is {queue.max_waiting}). "
-                "Try again in a few minutes.",
-                "global",
-                total,
-                queue.max_waiting,
-            )
+        self.queue.check(owner, count)
 
     # -- starting ----------------------------------------------------------------------------------
 

@@ -64,6 +64,24 @@ async def test_per_user_and_global_limits_refuse_clearly_and_store_nothing(scene
     await scene.env.settle()
 
 
+async def test_jobs_that_start_at_once_take_no_waiting_place(scene, tmp_path, engine):
+    # Two slots, two running jobs each, no waiting: both variants of a permutation start at once,
+    # so the up-front check must not count one of them as waiting.
+    engine.slots = 2
+    config = BotConfig(db_path=tmp_path / "two.db", engine=engine, progress_interval=0.0, user_running=2, user_waiting=0)
+    bot = create_bot(config)
+    await scene.env.restart_bot(bot)
+    try:
+        result = await scene.alice.slash(scene.channel, "imagine", prompt="a {red, blue} fox")
+
+        assert not result.ephemeral, result.response.content
+        assert sorted(engine.started) == ["a blue fox", "a red fox"]
+        refused = await scene.alice.slash(scene.channel, "imagine", prompt="a {red, green, blue} fox")
+        assert refused.ephemeral and "0 jobs waiting and this would add 3 (the limit is 0)" in refused.response.content
+    finally:
+        await bot.release()
+
+
 async def test_cancel_is_for_the_owner_and_works_waiting_or_running(scene, simcord_bot, engine):
     engine.close_gate(scene.env)
     running = (await scene.alice.slash(scene.channel, "imagine", prompt="runs")).response

@@ -191,6 +191,55 @@ async def test_global_waiting_cap():
     await gated.queue.close()
 
 
+async def test_check_refuses_as_submit_would_and_queues_nothing():
+    gated = Gated(per_user_waiting=2, max_waiting=3)
+    gated.queue.check("A")  # room: nothing raised
+    gated.submit("A1", "A")
+    gated.submit("A2", "A")
+    gated.submit("A3", "A")
+    assert len(gated.queue) == 3
+    with pytest.raises(QueueFull) as checked:
+        gated.queue.check("A")
+    with pytest.raises(QueueFull) as submitted:
+        gated.submit("A4", "A")
+    assert str(checked.value) == str(submitted.value)
+    assert (checked.value.limit, checked.value.count, checked.value.maximum) == ("user", 2, 2)
+
+    gated.submit("B1", "B")  # the third waiting job: the global cap is reached
+    with pytest.raises(QueueFull) as checked:
+        gated.queue.check("C")
+    with pytest.raises(QueueFull) as submitted:
+        gated.submit("C1", "C")
+    assert str(checked.value) == str(submitted.value) and checked.value.limit == "global"
+    assert len(gated.queue) == 4 and [j.job_id for j in gated.queue.running()] == ["A1"]  # checking queued nothing
+    await gated.queue.close()
+    with pytest.raises(QueueClosed):
+        gated.queue.check("A")
+
+
+async def test_check_counts_several_jobs_and_those_that_start_at_once():
+    gated = Gated(slots=2, per_user_running=2, per_user_waiting=1, max_waiting=10)
+    gated.queue.check("A", 3)  # two start at once, one waits
+    with pytest.raises(QueueFull) as refused:
+        gated.queue.check("A", 4)
+    assert str(refused.value).startswith("You already have 0 jobs waiting and this would add 4 (the limit is 1).")
+    for job in ("A1", "A2", "A3"):  # what check allowed, submit takes
+        gated.submit(job, "A")
+    assert [j.job_id for j in gated.queue.running()] == ["A1", "A2"] and gated.queue.position("A3") == 1
+    with pytest.raises(QueueFull):
+        gated.queue.check("A")
+
+    small = Gated(max_waiting=2)
+    small.submit("X1", "X")  # runs
+    small.queue.check("B", 2)  # the queue is free of waiting jobs: both may wait
+    with pytest.raises(QueueFull) as full:
+        small.queue.check("B", 3)
+    assert refused.value.limit == "user" and full.value.limit == "global"
+    assert "0 jobs are waiting and this would add 3 (the limit is 2)" in str(full.value)
+    await gated.queue.close()
+    await small.queue.close()
+
+
 async def test_a_job_that_can_start_now_is_never_refused():
     gated = Gated(per_user_waiting=0, max_waiting=0)
     assert gated.submit("A1", "A") == 0
