@@ -89,7 +89,9 @@ class History(commands.Cog):
         found = await storage.get_job(job)
         if found is None:
             raise ImagineError(f"There is no job #{job}.")
-        if found.user_id != interaction.user.id and (await storage.get_settings(found.user_id)).private:
+        if found.user_id != interaction.user.id and (
+            found.private or (await storage.get_settings(found.user_id)).private
+        ):
             raise ImagineError(f"Job #{job} belongs to someone who keeps their results private.")
         private = (await storage.get_settings(interaction.user.id)).private
         if found.status != "done":

@@ -100,6 +100,9 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: Whether its results are only for its owner (ephemeral); kept with the job so that a restart
+    #: delivers it as it was asked for, not by the owner's setting of the day.
+    private: bool = False
     #: Keys of the request's image files that were missing when it was loaded (listings only load
     #: leniently); such a request lacks its init image or mask and must not be run as it is.
     missing_files: tuple[str, ...] = ()
@@ -125,7 +128,7 @@ class ImageRecord:
 
 _JOB_COLUMNS = (
     "id, user_id, kind, request, status, parent_image_id, guild_id, channel_id, message_id, error, "
-    "created_at, started_at, finished_at"
+    "created_at, started_at, finished_at, private"
 )
 _IMAGE_COLUMNS = "id, job_id, idx, seed, width, height, finish_reason, png_path, latents_path, parameters"
 
@@ -281,6 +284,7 @@ class Storage:
         parent_image_id: int | None = None,
         guild_id: int | None = None,
         channel_id: int | None = None,
+        private: bool = False,
     ) -> Job:
         """Record a queued job. The init image and mask go to files first; the row keeps their keys."""
         request_json = await self._request_json(request)
@@ -289,8 +293,8 @@ class Storage:
             await self._ensure_user(conn, user_id)
             cursor = await conn.execute(
                 "INSERT INTO jobs (user_id, kind, request, prompt, status, parent_image_id, guild_id, "
-                "channel_id, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (user_id, kind, request_json, request.prompt, parent_image_id, guild_id, channel_id, now),
+                "channel_id, created_at, private) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (user_id, kind, request_json, request.prompt, parent_image_id, guild_id, channel_id, now, int(private)),
             )
             job_id = cursor.lastrowid
         assert job_id is not None
@@ -308,6 +312,7 @@ class Storage:
             created_at=datetime.fromisoformat(now),
             started_at=None,
             finished_at=None,
+            private=private,
         )
 
     async def _request_json(self, request: GenerationRequest) -> str:
@@ -353,7 +358,7 @@ class Storage:
 
     async def _job(self, row: sqlite3.Row | tuple[Any, ...], strict: bool = True) -> Job:
         (job_id, user_id, kind, request, status, parent, guild, channel, message, error, created, started,
-         finished) = row  # fmt: skip
+         finished, private) = row  # fmt: skip
         loaded, missing = await self._load_request(request, strict)
         return Job(
             id=job_id,
@@ -369,6 +374,7 @@ class Storage:
             created_at=datetime.fromisoformat(created),
             started_at=_time(started),
             finished_at=_time(finished),
+            private=bool(private),
             missing_files=missing,
         )
 

@@ -239,6 +239,7 @@ class JobRunner:
             parent_image_id=parent_image_id,
             guild_id=interaction.guild_id,
             channel_id=channel_id,
+            private=ephemeral,
         )
         mentions = discord.AllowedMentions(users=[user])
         if followup:
@@ -420,10 +421,8 @@ class JobRunner:
         Old interaction tokens are gone, so these messages are edited through the channel.
         """
         for job in await self.storage.unfinished_jobs():
-            # Whether the message was ephemeral is not stored; the owner's setting is the best guess,
-            # and a private job must never be posted publicly, so it goes to DMs if in doubt.
-            private = (await self.storage.get_settings(job.user_id)).private
-            message = JobMessage(self.bot, job.user_id, job.channel_id, job.message_id, ephemeral=private)
+            # An ephemeral message cannot be edited without its token: a private job goes to DMs.
+            message = JobMessage(self.bot, job.user_id, job.channel_id, job.message_id, ephemeral=job.private)
             reason = None
             if not self.config.resume_jobs:
                 reason = RESTART_FAILURE

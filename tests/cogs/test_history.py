@@ -71,6 +71,10 @@ async def test_show_refuses_unknown_and_private_jobs(scene, simcord_bot):
     assert refused.ephemeral and "private" in refused.response.content
     own = await scene.alice.slash(scene.channel, "show", job=job.id)
     assert len(own.response.attachments) == 1
+    # Made in private, it stays private when its owner stops keeping new results private.
+    await simcord_bot.storage.update_settings(scene.alice.id, private=False)
+    still = await scene.bob.slash(scene.channel, "show", job=job.id)
+    assert still.ephemeral and "private" in still.response.content
 
 
 async def test_show_of_a_failed_job_says_why_and_offers_a_retry(scene, simcord_bot):

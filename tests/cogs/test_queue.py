@@ -248,6 +248,36 @@ async def test_a_private_job_resumed_after_a_restart_is_delivered_privately(scen
         await fresh.release()
 
 
+async def test_a_resumed_job_is_delivered_as_it_was_asked_whatever_the_setting_is_now(
+    scene, simcord_bot, bot_config, engine
+):
+    storage = simcord_bot.storage
+    await storage.update_settings(scene.alice.id, private=True)
+    engine.close_gate(scene.env)
+    secret = await scene.alice.slash(scene.channel, "imagine", prompt="my secret")
+    public = (await scene.bob.slash(scene.channel, "imagine", prompt="for everyone")).response
+    assert secret.ephemeral and not public.flags.ephemeral
+    # Both change their minds while the jobs are unfinished.
+    await storage.update_settings(scene.alice.id, private=False)
+    await storage.update_settings(scene.bob.id, private=True)
+
+    bot_config.engine = FakeEngine()
+    fresh = create_bot(bot_config)
+    await scene.env.restart_bot(fresh)
+    await simcord_bot.release()
+    try:
+        await scene.env.settle()
+        assert await fresh.storage.unfinished_jobs() == []
+        # The private one never shows in the channel: it goes to its owner's DMs.
+        assert all("my secret" not in m.content for m in scene.channel.history())
+        assert any("my secret" in m.content and m.attachments for m in scene.alice.user.dm_channel.history())
+        # The public one is finished in place, in the channel.
+        assert len(public.attachments) == 1 and "U1" in buttons_of(public)
+        assert scene.bob.user.dm_channel is None or not scene.bob.user.dm_channel.history()
+    finally:
+        await fresh.release()
+
+
 async def test_a_job_whose_image_prompt_file_vanished_fails_visibly(scene, simcord_bot, engine, tmp_path):
     import io
 

@@ -131,6 +131,19 @@ async def test_a_job_round_trips_with_its_image_bytes_kept_out_of_the_row(store)
     assert await store.get_job(job.id + 1000) is None
 
 
+async def test_a_job_keeps_whether_it_was_private_whatever_the_setting_says_later(store):
+    public = await store.create_job(ALICE, request("for everyone"))
+    private = await store.create_job(ALICE, request("only for me"), private=True)
+    assert (public.private, private.private) == (False, True)
+
+    await store.update_settings(ALICE, private=True)  # the setting changes; the jobs do not
+    assert (await store.get_job(public.id)).private is False
+    await store.update_settings(ALICE, private=False)
+    assert [(j.id, j.private) for j in await store.unfinished_jobs()] == [(public.id, False), (private.id, True)]
+    assert [j.private for j in (await store.history(ALICE))[0]] == [True, False]
+    assert raw(store.db_path, "SELECT private FROM jobs ORDER BY id") == [(0,), (1,)]
+
+
 async def test_the_same_init_image_is_stored_once(store):
     init = png("shared")
     await store.create_job(ALICE, request(init_image=init))

@@ -46,12 +46,29 @@ def seed_v1(conn: sqlite3.Connection, files: FileStore) -> None:
     conn.execute("INSERT INTO favorites (user_id, image_id, created_at) VALUES (?, 10, ?)", (USER, NOW))
 
 
+PRIVATE_USER = 43
+
+
+def seed_v2(conn: sqlite3.Connection, files: FileStore) -> None:
+    """Schema 2 rows: those of schema 1 with their prompt column filled, as the bot then wrote it,
+    and a user with private results who has a job waiting (a job did not record it yet)."""
+    seed_v1(conn, files)
+    conn.execute("UPDATE jobs SET prompt = json_extract(request, '$.prompt')")
+    conn.execute("INSERT INTO users (id, created_at) VALUES (?, ?)", (PRIVATE_USER, NOW))
+    conn.execute("INSERT INTO settings (user_id, private) VALUES (?, 1)", (PRIVATE_USER,))
+    conn.execute(
+        "INSERT INTO jobs (id, user_id, kind, request, prompt, status, created_at) "
+        "VALUES (3, ?, 'imagine', ?, 'a secret garden', 'queued', ?)",
+        (PRIVATE_USER, request("a secret garden").to_json(), NOW),
+    )
+
+
 def seed_v0(conn: sqlite3.Connection, files: FileStore) -> None:
     """Schema 0 is an empty database: nothing to keep."""
 
 
 #: One seeder per version before the latest; a new migration needs a seeder for the version before it.
-SEEDERS: dict[int, Callable[[sqlite3.Connection, FileStore], None]] = {0: seed_v0, 1: seed_v1}
+SEEDERS: dict[int, Callable[[sqlite3.Connection, FileStore], None]] = {0: seed_v0, 1: seed_v1, 2: seed_v2}
 
 
 def test_there_is_a_seeder_for_every_earlier_version():
@@ -113,14 +130,21 @@ async def test_from_every_earlier_version_rows_survive(tmp_path, version):
             assert await store.favorites(USER) == [image]
             settings = await store.get_settings(USER)
             assert (settings.style, settings.remix) == ("anime", True)
-            assert [j.id for j in await store.unfinished_jobs()] == [2]
+            assert [j.id for j in await store.unfinished_jobs()] == ([2, 3] if version >= 2 else [2])
             # 0002 filled the new prompt column from the stored requests.
             found, total = await store.history(USER, search="lighthouse")
             assert ([j.id for j in found], total) == ([1], 1)
             assert (await store.history(USER))[1] == 2
+            # 0003: jobs of before take their owner's private setting, so none is made public.
+            assert (done.private, (await store.get_job(2)).private) == (False, False)
+        if version >= 2:
+            secret = await store.get_job(3)
+            assert (secret.status, secret.private) == ("queued", True)
+            assert (await store.history(PRIVATE_USER, search="garden"))[1] == 1
         # New rows work on the migrated schema, and ids are not reused.
-        job = await store.create_job(USER, request("after the upgrade"))
-        assert job.id > (2 if version >= 1 else 0)
+        job = await store.create_job(USER, request("after the upgrade"), private=True)
+        assert job.id > (3 if version >= 2 else 2 if version >= 1 else 0)
+        assert (await store.get_job(job.id)).private
         assert (await store.history(USER, search="upgrade"))[1] == 1
     finally:
         await store.close()
