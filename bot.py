@@ -38,6 +38,7 @@ class ImagineBot(commands.Bot):
     def __init__(self, config: BotConfig) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # channels and upload limits of the servers we are in; not privileged
+        options = {} if config.guild_ready_timeout is None else {"guild_ready_timeout": config.guild_ready_timeout}
         super().__init__(
             command_prefix=commands.when_mentioned,
             help_command=None,
@@ -46,6 +47,7 @@ class ImagineBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
             allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True, private_channel=True),
             allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
+            **options,
         )
         self.config = config
         self._owns_engine = config.engine is None

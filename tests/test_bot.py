@@ -58,6 +58,15 @@ def test_create_bot_reads_the_environment_and_dotenv(tmp_path, monkeypatch):
     assert "from-dotenv" not in repr(bot.config)
 
 
+def test_discord_client_options_come_from_the_config():
+    default = create_bot(BotConfig())
+    quick = create_bot(BotConfig(guild_ready_timeout=0.05))
+
+    # discord.py keeps the option on its connection state: the wait after READY for more servers.
+    assert default._connection.guild_ready_timeout == 2.0
+    assert quick._connection.guild_ready_timeout == 0.05
+
+
 def test_no_privileged_intents():
     bot = create_bot(BotConfig())
     intents = bot.intents

@@ -50,6 +50,9 @@ class BotConfig:
     confirm_permutations_over: int = 5
     #: Jobs left queued or running by a stop are run again at start (True) or shown as failed.
     resume_jobs: bool = True
+    #: Seconds discord.py waits after READY for more servers before `on_ready`; None: its default
+    #: (2 s). Tests against a fake Discord with one server set it low.
+    guild_ready_timeout: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BotConfig:

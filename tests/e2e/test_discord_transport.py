@@ -51,17 +51,11 @@ async def live_bot(fake: FakeDiscord, tmp_path: Path, tiny_engine: Engine) -> As
         engine=tiny_engine,
         dev_guild=fake.guild_id,
         progress_interval=0.0,
+        # The fake has one server: waiting the default 2 s for more GUILD_CREATEs only slows the test.
+        guild_ready_timeout=0.05,
     )
-    async with running(new_bot(config), fake.token, within=20) as client:
+    async with running(create_bot(config), fake.token, within=20) as client:
         yield client
-
-
-def new_bot(config: BotConfig) -> ImagineBot:
-    bot = create_bot(config)
-    # create_bot takes no client options; the bot asks for no member intent, so it chunks no guild,
-    # and waiting the default 2 s for more GUILD_CREATEs would only slow the test.
-    bot._connection.guild_ready_timeout = 0.05
-    return bot
 
 
 @pytest.fixture
@@ -224,9 +218,13 @@ async def test_a_click_after_close_and_restart_still_works(
 ) -> None:
     """The persistent buttons survive a real disconnect and a new process-like bot on the same database."""
     config = BotConfig(
-        token=fake.token, db_path=tmp_path / "imagine.db", engine=tiny_engine, dev_guild=fake.guild_id
+        token=fake.token,
+        db_path=tmp_path / "imagine.db",
+        engine=tiny_engine,
+        dev_guild=fake.guild_id,
+        guild_ready_timeout=0.05,
     )
-    first = new_bot(config)
+    first = create_bot(config)
     async with running(first, fake.token, within=20):
         command = await fake.send_command("imagine", {"prompt": "a lighthouse --seed 3 --steps 1"})
         final = await fake.wait_for(
@@ -236,7 +234,7 @@ async def test_a_click_after_close_and_restart_still_works(
     message = fake.original_message(command)
     assert message is not None
 
-    second = new_bot(config)
+    second = create_bot(config)
     async with running(second, fake.token, within=20):
         since = len(fake.requests)
         click = await fake.click(reroll, int(message["id"]))
