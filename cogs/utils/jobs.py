@@ -137,14 +137,17 @@ class Progressor:
     """Turns the engine's per-step callbacks into message edits, at most one per interval.
 
     Edits run as tasks so the engine never waits on Discord, and only one is in flight at a time;
-    a step that arrives while one is sending is simply skipped. Engines call back from wherever
-    their work ran (a thread's context), so each callback runs in the job's own context.
+    a step that arrives while one is sending is simply skipped. A step's message (the engine
+    retrying on another server, say) is kept and shown under the percentage of every later edit,
+    so a skipped step cannot lose it. Engines call back from wherever their work ran (a thread's
+    context), so each callback runs in the job's own context.
     """
 
     message: JobMessage
     text: Callable[[str], str]  # the message content for a status such as "(40%)"
     interval: float
     last: float = float("-inf")
+    note: str | None = None
     task: asyncio.Task[None] | None = None
     context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
@@ -152,13 +155,15 @@ class Progressor:
         self.context.run(self._step, progress)
 
     def _step(self, progress: Progress) -> None:
+        if progress.message:
+            self.note = progress.message
         now = time.monotonic()
         if progress.step >= progress.total or now - self.last < self.interval:
             return
         if self.task is not None and not self.task.done():
             return
         self.last = now
-        fields: dict[str, Any] = {"content": self.text(progress_status(progress.step, progress.total))}
+        fields: dict[str, Any] = {"content": self.text(progress_status(progress.step, progress.total, self.note))}
         if progress.preview:
             fields["attachments"] = [discord.File(io.BytesIO(progress.preview), "preview.jpg")]
         self.task = asyncio.get_running_loop().create_task(self._send(fields))

@@ -18,6 +18,8 @@ from engine.types import GenerationRequest, ImageResult, ModelProfile
 
 CONTENT_LIMIT = 2000
 PROMPT_PREVIEW = 80
+#: Longest engine note (a retry on another server, say) shown under a job's percentage.
+NOTE_LIMIT = 200
 
 
 def jump_url(guild_id: int | None, channel_id: int | None, message_id: int | None) -> str | None:
@@ -62,9 +64,12 @@ def job_content(
     return content[:CONTENT_LIMIT]
 
 
-def progress_status(step: int, total: int) -> str:
+def progress_status(step: int, total: int, note: str | None = None) -> str:
+    """`(40%)`, and under it in small print what the engine wants the user to know, if anything."""
     percent = int(100 * step / total) if total else 0
-    return f"({percent}%)"
+    if not note:
+        return f"({percent}%)"
+    return f"({percent}%)\n-# {discord.utils.escape_markdown(shorten(note, NOTE_LIMIT))}"
 
 
 def waiting_status(position: int) -> str:

@@ -5,11 +5,13 @@ These use `FakeEngine`, whose jobs can be held at a gate so several wait at once
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot import create_bot
 from cogs.utils.config import BotConfig
-from engine.types import EngineUnavailable, FinishReason, ImageResult
+from engine.types import EngineUnavailable, FinishReason, ImageResult, Progress
 from tests.cogs.conftest import FakeEngine, buttons_of
 
 pytestmark = pytest.mark.simcord(settle_timeout=30)
@@ -163,6 +165,28 @@ async def test_without_resume_unfinished_jobs_fail_visibly_with_a_retry(scene, s
         assert len(retried.response.attachments) == 1
     finally:
         await fresh.release()
+
+
+async def test_the_engines_progress_messages_are_shown_under_the_percentage(scene, simcord_bot, engine):
+    plain = engine.generate
+    retrying = "The engine server went away; retrying on another server."
+
+    async def with_a_retry(request, on_progress=None, preview=False):
+        on_progress(Progress(1, 4))
+        await asyncio.sleep(0.05)  # each edit lands before the next step
+        on_progress(Progress(0, 4, message=retrying))
+        await asyncio.sleep(0.05)
+        on_progress(Progress(2, 4))
+        await asyncio.sleep(0.05)
+        return await plain(request)
+
+    engine.generate = with_a_retry
+    result = await scene.alice.slash(scene.channel, "imagine", prompt="a fox")
+
+    edits = [e.json["content"] for e in scene.env.http_requests if e.method == "PATCH" and e.json]
+    tails = [content.split(scene.alice.mention, 1)[1] for content in edits if "%)" in content]
+    assert tails == [" (0%)", " (25%)", f" (0%)\n-# {retrying}", f" (50%)\n-# {retrying}"]
+    assert retrying not in result.response.content and len(result.response.attachments) == 1
 
 
 async def test_engine_errors_end_the_job_with_their_message(scene, simcord_bot, engine):

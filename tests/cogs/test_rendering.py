@@ -51,6 +51,8 @@ def test_long_prompts_are_shortened_to_fit_discord():
 
 def test_statuses_and_labels():
     assert progress_status(3, 12) == "(25%)"
+    assert progress_status(0, 4, "Server_2 went away; retrying.") == "(0%)\n-# Server\\_2 went away; retrying."
+    assert len(progress_status(1, 4, "x" * 5000)) < 220
     assert waiting_status(0) == "(Starting…)"
     assert waiting_status(1) == "(Waiting to start: next in the queue)"
     assert waiting_status(4) == "(Waiting to start: number 4 in the queue)"
