@@ -75,7 +75,8 @@ class JobMessage:
     original: bool = True
     ephemeral: bool = False
     created: float = field(default_factory=time.monotonic)
-    running: bool = False
+    #: The job started or was cancelled: "waiting" edits must not land any more.
+    done_waiting: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def _token_fresh(self) -> bool:
@@ -89,15 +90,15 @@ class JobMessage:
         guild = getattr(channel, "guild", None)
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
-    async def edit(self, *, unless_running: bool = False, **fields: Any) -> None:
+    async def edit(self, *, while_waiting: bool = False, **fields: Any) -> None:
         """Edit the message; with no way left to edit it (ephemeral after a restart), DM the owner.
 
-        `unless_running` skips the edit once the job has started, so a late "waiting" never
-        overwrites progress.
+        `while_waiting` skips the edit once the job has started or was cancelled, so a late
+        "waiting" never overwrites progress or the end.
         """
         fields.setdefault("allowed_mentions", discord.AllowedMentions(users=[discord.Object(self.user_id)]))
         async with self.lock:
-            if unless_running and self.running:
+            if while_waiting and self.done_waiting:
                 return
             if self._token_fresh():
                 assert self.interaction is not None
@@ -181,6 +182,16 @@ class Progressor:
                 await self.task
 
 
+@dataclass
+class Place:
+    """A waiting job's message and the place in the queue it shows, so it is edited only on a change."""
+
+    job: Job
+    message: JobMessage
+    position: int
+    note: str = ""
+
+
 class JobRunner:
     """The bot's side of the queue: start jobs from interactions, run them, show the outcome."""
 
@@ -198,6 +209,10 @@ class JobRunner:
         )
         #: Jobs whose owner pressed ❌ while they ran: their CancelledError is a cancel, not a shutdown.
         self.user_cancelled: set[int] = set()
+        #: Waiting jobs by id, with the place their message shows.
+        self.places: dict[int, Place] = {}
+        self._places_task: asyncio.Task[None] | None = None
+        self._places_edited = float("-inf")
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -270,19 +285,57 @@ class JobRunner:
     async def _show_waiting(self, job: Job, message: JobMessage, position: int, note: str = "") -> None:
         # Always edited at once, even when the job starts right away: a deferred response's
         # "thinking…" must be settled before any followup, or Discord turns that followup into it.
+        place = Place(job, message, position, note)
+        if position > 0:
+            self.places[job.id] = place
+        self._places_changed()  # a newcomer goes before the jobs of owners who were served already
+        await self._show_place(place)
+
+    async def _show_place(self, place: Place) -> None:
         try:
-            await message.edit(
-                unless_running=True,
-                content=self.content(job, note + waiting_status(position)),
-                view=buttons.cancel_view(job.id),
+            await place.message.edit(
+                while_waiting=True,
+                content=self.content(place.job, place.note + waiting_status(place.position)),
+                view=buttons.cancel_view(place.job.id),
             )
         except discord.HTTPException:
-            log.warning("could not show job %s as waiting", job.id, exc_info=True)
+            log.warning("could not show job %s as waiting", place.job.id, exc_info=True)
+
+    def _places_changed(self) -> None:
+        """Jobs were queued, started or cancelled: have the waiting messages catch up."""
+        if self._places_task is None or self._places_task.done():
+            self._places_task = asyncio.get_running_loop().create_task(self._update_places(), name="imagine-places")
+
+    async def _update_places(self) -> None:
+        """Edit the waiting messages whose place in the queue changed.
+
+        One edit at a time, and one round per `progress_interval` at most, so each message is
+        edited at most once per interval however busy the queue is; a change during a round or
+        a wait is picked up by the next round.
+        """
+        while not self.queue.closed:
+            order = {queued.job_id: number for number, queued in enumerate(self.queue.waiting(), start=1)}
+            for job_id in [job_id for job_id in self.places if job_id not in order]:
+                del self.places[job_id]  # started or cancelled
+            moved = [(place, order[job_id]) for job_id, place in self.places.items() if place.position != order[job_id]]
+            if not moved:
+                return
+            wait = self._places_edited + self.config.progress_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            self._places_edited = time.monotonic()
+            for place, position in moved:
+                if self.places.get(place.job.id) is place:  # not started or cancelled meanwhile
+                    place.position = position
+                    await self._show_place(place)
 
     # -- running -----------------------------------------------------------------------------------
 
     async def _run(self, queued: QueuedJob) -> None:
         message: JobMessage = queued.payload
+        self.places.pop(int(queued.job_id), None)
+        self._places_changed()  # everyone behind it moved up
         try:
             job = await self.storage.get_job(int(queued.job_id))
         except ImagineError as error:  # its stored request cannot be read back (a file is gone)
@@ -298,7 +351,7 @@ class JobRunner:
             log.info("job %s ended before it could start", job.id)
             return
         async with message.lock:
-            message.running = True
+            message.done_waiting = True
         with contextlib.suppress(discord.HTTPException):
             await message.edit(content=self.content(job, progress_status(0, 1)), view=buttons.cancel_view(job.id))
         progressor = Progressor(message, lambda status: self.content(job, status), self.config.progress_interval)
@@ -416,6 +469,11 @@ class JobRunner:
             return
         self.queue.cancel(job_id)
         await self.storage.cancel_job(job_id)
+        place = self.places.pop(job_id, None)
+        if place is not None:
+            async with place.message.lock:  # after a position edit in flight, and before any other
+                place.message.done_waiting = True
+        self._places_changed()
         await interaction.response.edit_message(
             content=self.content(job, "(cancelled)"), attachments=[], view=buttons.retry_view(job.id)
         )
@@ -450,3 +508,7 @@ class JobRunner:
 
     async def close(self) -> None:
         await self.queue.close()
+        if self._places_task is not None and not self._places_task.done():
+            self._places_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._places_task

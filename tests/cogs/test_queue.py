@@ -6,6 +6,7 @@ These use `FakeEngine`, whose jobs can be held at a gate so several wait at once
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 
 import pytest
 
@@ -37,12 +38,87 @@ async def test_a_newcomer_runs_before_a_heavy_users_backlog(scene, simcord_bot, 
 
     assert engine.started == ["alice 1"]  # held at the gate; the rest wait
     assert "(Waiting to start: next in the queue)" in bob.response.content
-    assert "number 4 in the queue" in messages[-1].content
+    assert "number 5 in the queue" in messages[-1].content  # bob's job went before it
     engine.gate.set()
     await scene.env.settle()
 
     assert engine.started == ["alice 1", "bob 1", "alice 2", "alice 3", "alice 4", "alice 5"]
     assert len(bob.response.attachments) == 1 and "U1" in buttons_of(bob.response)
+
+
+class HeldJobs:
+    """Holds each job at the engine until the test lets its prompt go, so jobs start one by one."""
+
+    def __init__(self, engine: FakeEngine, env) -> None:
+        self.gates: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        plain = engine.generate
+
+        async def generate(request, on_progress=None, preview=False):
+            await env.external_wait(self.gates[request.prompt].wait(), reason=f"holding {request.prompt}")
+            return await plain(request, on_progress, preview)
+
+        engine.generate = generate
+        self.env = env
+
+    async def release(self, prompt: str) -> None:
+        self.gates[prompt].set()
+        await self.env.settle()
+
+
+NEXT = "(Waiting to start: next in the queue)"
+SECOND = "(Waiting to start: number 2 in the queue)"
+
+
+async def test_waiting_messages_follow_their_place_in_the_queue(scene, simcord_bot, engine):
+    held = HeldJobs(engine, scene.env)
+    await scene.alice.slash(scene.channel, "imagine", prompt="alice 1")  # runs
+    alice_2 = (await scene.alice.slash(scene.channel, "imagine", prompt="alice 2")).response
+    assert alice_2.content.endswith(NEXT)
+
+    bob_1 = (await scene.bob.slash(scene.channel, "imagine", prompt="bob 1")).response
+    # Bob has had no turn yet, so he goes first: alice's second job moves back, and says so.
+    assert bob_1.content.endswith(NEXT)
+    assert alice_2.content.endswith(SECOND)
+
+    await held.release("alice 1")  # bob's job starts: alice's moves up
+    assert "(0%)" in bob_1.content
+    assert alice_2.content.endswith(NEXT)
+
+    await held.release("bob 1")  # alice's starts
+    assert "(0%)" in alice_2.content and "Waiting" not in alice_2.content
+    await held.release("alice 2")
+    assert len(alice_2.attachments) == 1 and simcord_bot.runner.places == {}
+
+
+async def test_a_cancelled_job_makes_room_and_is_not_edited_again(scene, simcord_bot, engine):
+    held = HeldJobs(engine, scene.env)
+    await scene.alice.slash(scene.channel, "imagine", prompt="alice 1")
+    alice_2 = (await scene.alice.slash(scene.channel, "imagine", prompt="alice 2")).response
+    bob_1 = (await scene.bob.slash(scene.channel, "imagine", prompt="bob 1")).response
+    assert alice_2.content.endswith(SECOND)
+
+    await scene.bob.click(bob_1.message, custom_id=buttons_of(bob_1)["❌"])
+    assert bob_1.content.endswith("(cancelled)")
+    assert alice_2.content.endswith(NEXT)
+    await held.release("alice 1")
+    await held.release("alice 2")
+    assert bob_1.content.endswith("(cancelled)") and engine.started == ["alice 1", "alice 2"]
+
+
+async def test_place_updates_are_rate_limited(scene, simcord_bot, engine):
+    simcord_bot.config.progress_interval = 3600
+    held = HeldJobs(engine, scene.env)
+    await scene.alice.slash(scene.channel, "imagine", prompt="alice 1")
+    alice_2 = (await scene.alice.slash(scene.channel, "imagine", prompt="alice 2")).response
+    await scene.bob.slash(scene.channel, "imagine", prompt="bob 1")
+    assert alice_2.content.endswith(SECOND)  # the first update goes out at once
+
+    await held.release("alice 1")
+    assert alice_2.content.endswith(SECOND)  # the next waits for the interval…
+    await scene.env.advance_time(3600)
+    assert alice_2.content.endswith(NEXT)  # …and then catches up
+    await held.release("bob 1")
+    await held.release("alice 2")
 
 
 async def test_per_user_and_global_limits_refuse_clearly_and_store_nothing(scene, simcord_bot, engine):
