@@ -6,6 +6,7 @@ person who asked, except /show, which posts a result with working buttons for ev
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 from typing import TYPE_CHECKING
@@ -104,7 +105,9 @@ class History(commands.Cog):
             return
         await interaction.response.defer(thinking=True, ephemeral=private)
         data, view, spoiler, label = await self._result(found)
-        data, name = fit_upload(data, file_name(found.request.prompt, found.id), interaction.filesize_limit)
+        data, name = await asyncio.to_thread(
+            fit_upload, data, file_name(found.request.prompt, found.id), interaction.filesize_limit
+        )
         content = job_content(found.request, runner.profile(found.request.model), found.user_id, label)
         await interaction.followup.send(
             content,
@@ -128,8 +131,10 @@ class History(commands.Cog):
         grid = await storage.read_grid(job.id)
         if grid is None:
             pngs = [await storage.read_png(image) for image in images]
-            grid = grid_png([ImageResult(png=p, seed=i.seed, index=i.index, width=i.width, height=i.height)
-                             for p, i in zip(pngs, images, strict=True)])
+            grid = await asyncio.to_thread(grid_png, [
+                ImageResult(png=p, seed=i.seed, index=i.index, width=i.width, height=i.height)
+                for p, i in zip(pngs, images, strict=True)
+            ])
         return grid, buttons.grid_view(job.id, len(images)), spoiler, label
 
     # -- /info -----------------------------------------------------------------------------------
@@ -141,11 +146,10 @@ class History(commands.Cog):
     async def _info(self, interaction: discord.Interaction) -> None:
         bot, user_id = self.bot, interaction.user.id
         queue = bot.runner.queue
-        lines = []
-        for queued in queue.running(user_id):
-            lines.append(await self._queue_line(int(queued.job_id), "running"))
-        for queued in queue.waiting(user_id):
-            lines.append(await self._queue_line(int(queued.job_id), f"number {queue.position(queued.job_id)} in the queue"))
+        lines = [await self._queue_line(int(queued.job_id), "running") for queued in queue.running(user_id)]
+        for number, queued in enumerate(queue.waiting(), start=1):
+            if queued.owner == user_id:
+                lines.append(await self._queue_line(int(queued.job_id), f"number {number} in the queue"))
         embed = discord.Embed(title="imagine")
         embed.add_field(name="Your jobs", value="\n".join(lines)[:1024] or "Nothing queued or running.", inline=False)
         embed.add_field(

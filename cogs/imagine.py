@@ -205,12 +205,11 @@ class Imagine(commands.Cog):
 
     async def _vary(self, interaction: discord.Interaction, job: Job, record: ImageRecord, strength: float, kind: str) -> None:
         storage = self.bot.storage
-        settings = await storage.get_settings(interaction.user.id)
-        self.runner.check_room(interaction.user.id)
         png = await storage.read_png(record)
-        if not settings.remix:
+        if not (await storage.get_settings(interaction.user.id)).remix:
             await self._start(interaction, derive.variation(job.request, png, strength), kind=kind, parent=record.id)
             return
+        self.runner.check_room(interaction.user.id)  # before the modal, not after the typing
 
         async def remixed(modal_interaction: discord.Interaction, text: str) -> None:
             fresh = await storage.get_settings(modal_interaction.user.id)

@@ -36,7 +36,8 @@ class BotConfig:
     #: Sync the commands to this guild only: instant, unlike a global sync.
     dev_guild: int | None = None
     sync_commands: bool = True
-    #: Seconds between two progress edits of a job's message.
+    #: Seconds between two progress edits of a job's message, and between two rounds of updating
+    #: the places in the queue that waiting jobs show.
     progress_interval: float = 2.0
     user_running: int = 1
     user_waiting: int = 10

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import io
 import logging
 import re
@@ -407,16 +408,7 @@ class JobRunner:
             parameters=record.parameters,
         )
         png = await self.engine.decode_full(job.request, stored)
-        return ImageResult(
-            png=png,
-            seed=record.seed,
-            index=0,
-            width=record.width,
-            height=record.height,
-            finish_reason=stored.finish_reason,
-            latents=stored.latents,
-            parameters=record.parameters,
-        ), record.index
+        return dataclasses.replace(stored, png=png), record.index
 
     async def _post(
         self,

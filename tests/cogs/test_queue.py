@@ -6,11 +6,13 @@ These use `FakeEngine`, whose jobs can be held at a gate so several wait at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 import pytest
 
-from bot import create_bot
+from bot import ImagineBot, create_bot
 from cogs.utils.config import BotConfig
 from engine.types import EngineUnavailable, FinishReason, ImageResult, Progress
 from tests.cogs.conftest import FakeEngine, buttons_of
@@ -26,6 +28,19 @@ def engine(fake_engine: FakeEngine) -> FakeEngine:
 @pytest.fixture
 def bot_config(fake_config: BotConfig) -> BotConfig:
     return fake_config
+
+
+@contextlib.asynccontextmanager
+async def restarted(scene, old_bot: ImagineBot, config: BotConfig) -> AsyncIterator[ImagineBot]:
+    """The bot as a new process would be: the same database, a new (open) engine, old messages kept."""
+    config.engine = FakeEngine()
+    fresh = create_bot(config)
+    await scene.env.restart_bot(fresh)
+    await old_bot.release()
+    try:
+        yield fresh
+    finally:
+        await fresh.release()
 
 
 async def test_a_newcomer_runs_before_a_heavy_users_backlog(scene, simcord_bot, engine):
@@ -190,16 +205,11 @@ async def test_cancel_is_for_the_owner_and_works_waiting_or_running(scene, simco
 async def test_a_button_on_an_old_message_works_after_a_restart(scene, simcord_bot, bot_config):
     grid = (await scene.alice.slash(scene.channel, "imagine", prompt="before the restart")).response
 
-    fresh = create_bot(bot_config)
-    await scene.env.restart_bot(fresh)
-    await simcord_bot.release()
-    try:
+    async with restarted(scene, simcord_bot, bot_config):
         result = await scene.bob.click(grid.message, label="U3")
         assert "Image #3" in result.response.content and len(result.response.attachments) == 1
         variations = await scene.bob.click(grid.message, label="V1")
         assert len(buttons_of(variations.response)) == 9
-    finally:
-        await fresh.release()
 
 
 async def test_unfinished_jobs_resume_after_a_restart(scene, simcord_bot, bot_config, engine):
@@ -209,38 +219,26 @@ async def test_unfinished_jobs_resume_after_a_restart(scene, simcord_bot, bot_co
     storage = simcord_bot.storage
     assert [j.status for j in await storage.unfinished_jobs()] == ["running", "queued"]
 
-    bot_config.engine = FakeEngine()  # a new process: a new engine, open
-    fresh = create_bot(bot_config)
-    await scene.env.restart_bot(fresh)
-    await simcord_bot.release()
-    try:
+    async with restarted(scene, simcord_bot, bot_config) as fresh:
         await scene.env.settle()
-        assert bot_config.engine.started == ["interrupted", "never started"]
+        assert fresh.engine.started == ["interrupted", "never started"]
         assert await fresh.storage.unfinished_jobs() == []
         for message in (first, second):
             assert len(message.attachments) == 1 and "U1" in buttons_of(message)
             assert "Waiting" not in message.content
-    finally:
-        await fresh.release()
 
 
 async def test_without_resume_unfinished_jobs_fail_visibly_with_a_retry(scene, simcord_bot, bot_config, engine):
     engine.close_gate(scene.env)
     message = (await scene.alice.slash(scene.channel, "imagine", prompt="interrupted")).response
 
-    bot_config.engine = FakeEngine()
     bot_config.resume_jobs = False
-    fresh = create_bot(bot_config)
-    await scene.env.restart_bot(fresh)
-    await simcord_bot.release()
-    try:
+    async with restarted(scene, simcord_bot, bot_config) as fresh:
         (job,), _ = await fresh.storage.history(scene.alice.id)
         assert job.status == "failed" and "restarted" in job.error
         assert "restarted" in message.content and list(buttons_of(message)) == ["🔄"]
         retried = await scene.alice.click(message.message, custom_id=buttons_of(message)["🔄"])
         assert len(retried.response.attachments) == 1
-    finally:
-        await fresh.release()
 
 
 async def test_the_engines_progress_messages_are_shown_under_the_percentage(scene, simcord_bot, engine):
@@ -325,29 +323,6 @@ async def test_permutations_make_one_job_each_and_ask_above_five(scene, simcord_
     assert all(len(m.attachments) == 1 for m in confirmed.followups)
 
 
-async def test_a_private_job_resumed_after_a_restart_is_delivered_privately(scene, simcord_bot, bot_config, engine):
-    await simcord_bot.storage.update_settings(scene.alice.id, private=True)
-    engine.close_gate(scene.env)
-    first = await scene.alice.slash(scene.channel, "imagine", prompt="my secret")
-    assert first.ephemeral
-
-    bot_config.engine = FakeEngine()
-    fresh = create_bot(bot_config)
-    await scene.env.restart_bot(fresh)
-    await simcord_bot.release()
-    try:
-        await scene.env.settle()
-        # The old token is gone and an ephemeral message cannot be edited by the bot: the result
-        # goes to the owner's DMs, never into the channel.
-        assert scene.channel.history() == []
-        dms = [m for m in scene.alice.user.dm_channel.history() if m.attachments]
-        (job,), _ = await fresh.storage.history(scene.alice.id)
-        assert job.status == "done"
-        assert dms and "my secret" in dms[-1].content
-    finally:
-        await fresh.release()
-
-
 async def test_a_resumed_job_is_delivered_as_it_was_asked_whatever_the_setting_is_now(
     scene, simcord_bot, bot_config, engine
 ):
@@ -361,21 +336,16 @@ async def test_a_resumed_job_is_delivered_as_it_was_asked_whatever_the_setting_i
     await storage.update_settings(scene.alice.id, private=False)
     await storage.update_settings(scene.bob.id, private=True)
 
-    bot_config.engine = FakeEngine()
-    fresh = create_bot(bot_config)
-    await scene.env.restart_bot(fresh)
-    await simcord_bot.release()
-    try:
+    async with restarted(scene, simcord_bot, bot_config) as fresh:
         await scene.env.settle()
         assert await fresh.storage.unfinished_jobs() == []
-        # The private one never shows in the channel: it goes to its owner's DMs.
+        # The old token is gone and an ephemeral message cannot be edited by the bot: the private
+        # result goes to its owner's DMs, never into the channel.
         assert all("my secret" not in m.content for m in scene.channel.history())
         assert any("my secret" in m.content and m.attachments for m in scene.alice.user.dm_channel.history())
         # The public one is finished in place, in the channel.
         assert len(public.attachments) == 1 and "U1" in buttons_of(public)
         assert scene.bob.user.dm_channel is None or not scene.bob.user.dm_channel.history()
-    finally:
-        await fresh.release()
 
 
 async def test_a_job_whose_image_prompt_file_vanished_fails_visibly(scene, simcord_bot, engine, tmp_path):
