@@ -390,4 +390,6 @@ class GrpcEngine(Engine):
             return EngineUnavailable(f"The engine server did not finish the job within {self.job_timeout:g} s.")
         if code in SERVER_LOST:
             return EngineUnavailable("The engine servers went away during the job; try again shortly.")
-        return EngineUnavailable(f"The engine server failed ({code.name}): {details}")
+        # Anything else may carry the server's exception text: log it, show the user only the code.
+        log.warning("engine server failed: %s: %s", code.name, details)
+        return EngineUnavailable(f"The engine server failed ({code.name}); the bot's log has the details.")

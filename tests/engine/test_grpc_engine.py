@@ -114,6 +114,24 @@ async def test_server_errors_become_user_errors(loop):
         await engine.close()
 
 
+def test_unexpected_server_errors_do_not_leak_their_details(caplog):
+    import grpc
+
+    class Failure(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.INTERNAL
+
+        def details(self):
+            return "Traceback (most recent call last): KeyError: 'sk-secret'"
+
+    engine = remote("grpc://127.0.0.1:1")
+    with caplog.at_level(logging.WARNING):
+        error = engine._user_error(Failure())
+    assert isinstance(error, EngineUnavailable)
+    assert "INTERNAL" in str(error) and "Traceback" not in str(error) and "sk-secret" not in str(error)
+    assert "Traceback" in caplog.text  # the operator still has it
+
+
 async def test_dead_server_fails_within_the_connect_timeout():
     engine = remote(f"grpc://127.0.0.1:{unused_port()}", connect_timeout=1.0)
     started = time.monotonic()
