@@ -1,9 +1,10 @@
 """The Discord bot: `python bot.py` or `imagine-bot`, configured by the environment and `.env`.
 
 `create_bot()` builds it; `setup_hook` (run once logged in, before the gateway connects) opens
-storage, builds the engine, loads the cogs, registers the persistent buttons, resumes the jobs a
-previous run left unfinished and syncs the slash commands. No privileged intent is needed, and the
-commands work in servers and in DMs.
+storage, builds the engine, starts the HTTP image API when IMAGINE_HTTP_PORT is set (on the same
+engine and queue), loads the cogs, registers the persistent buttons, resumes the jobs a previous run
+left unfinished and syncs the slash commands. No privileged intent is needed, and the commands work
+in servers and in DMs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from discord.ext import commands
 from cogs.utils.buttons import DYNAMIC_ITEMS
 from cogs.utils.config import BotConfig, ConfigError
 from cogs.utils.errors import on_app_command_error
+from cogs.utils.image_api import InBotImageApi
 from cogs.utils.jobs import JobRunner
 from engine.base import Engine
 from engine.config import EngineConfig
@@ -34,6 +36,8 @@ class ImagineBot(commands.Bot):
     storage: Storage
     engine: Engine
     runner: JobRunner
+    #: The HTTP image API, while IMAGINE_HTTP_PORT is set; `http_api.port` is the port it took.
+    http_api: InBotImageApi | None = None
 
     def __init__(self, config: BotConfig) -> None:
         intents = discord.Intents.none()
@@ -59,6 +63,10 @@ class ImagineBot(commands.Bot):
         self.storage = await Storage.open(config.db_path, config.data_dir)
         self.engine = config.engine or build_engine(config.engine_config)
         self.runner = JobRunner(self, self.storage, self.engine, config)
+        if config.http_port is not None:
+            # Before any job resumes: a port that is taken stops the start with one line.
+            self.http_api = InBotImageApi(self.runner, config)
+            await self.http_api.start()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
@@ -95,10 +103,15 @@ class ImagineBot(commands.Bot):
         await super().close()
 
     async def release(self) -> None:
-        """Stop the queue first: running jobs stay unfinished in storage and resume at the next start."""
+        """Stop the queue first: running jobs stay unfinished in storage and resume at the next start.
+
+        The HTTP API goes before it, so its clients get a 503 rather than a dropped connection.
+        """
         if self._released:
             return
         self._released = True
+        if self.http_api is not None:
+            await self.http_api.close()
         runner = getattr(self, "runner", None)
         if runner is not None:
             await runner.close()

@@ -7,7 +7,8 @@ Parameters go through the same parser as Discord (`engine.params.parse_prompt`),
 means what `--ar 16:9` means there.
 
 `create_app` builds the aiohttp application around any Engine, so the bot can mount it in its own
-process (one engine, one queue: pass the bot's queue as `run`), or `imagine serve-http` runs it alone.
+process (one engine, one queue: pass the bot's queue as `run`; IMAGINE_HTTP_PORT does that), or
+`imagine serve-http` runs it alone.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ from engine.types import (
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[GenerationRequest], Awaitable[list[ImageResult]]]
+#: `run(request, client)`: makes the images; `client` is who asked (an address or a hashed API key),
+#: so a shared queue can take turns between clients.
+Runner = Callable[[GenerationRequest, str], Awaitable[list[ImageResult]]]
 
 DEFAULT_PORT = 8080
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -249,12 +252,14 @@ class ImageApi:
     def __init__(self, engine: Engine, settings: HttpApiSettings, run: Runner | None = None) -> None:
         self.engine = engine
         self.settings = settings
-        self.run = run or engine.generate
+        self.run = run or self._run_on_engine
         self.cache = DiskCache(settings.cache_dir)
         self.limiter = RateLimiter(settings.rate_per_minute, settings.burst)
         self.api_keys = tuple(key.encode() for key in settings.api_keys if key)
-        self.slots = asyncio.Semaphore(max(1, engine.slots))
         self.capacity = max(1, engine.slots) + max(0, settings.queue_size)
+        # Our own queue feeds the engine one job per slot; an outside queue (`run`) schedules
+        # itself, so every admitted job goes straight to it and takes its turn there.
+        self.slots = asyncio.Semaphore(max(1, engine.slots) if run is None else self.capacity)
         self.pending = 0
         self.inflight: dict[str, asyncio.Task[Rendered]] = {}
         self.seconds_per_job = 10.0  # a running estimate, for Retry-After
@@ -291,9 +296,10 @@ class ImageApi:
         try:
             key = self._key(request)
             query = parse_query(request.query, self.engine)
+            client = self._client(request, key)
             if not query.seeded:
-                self._admit(self._client(request, key))
-                rendered = await self._generate(None, query)
+                self._admit(client)
+                rendered = await self._generate(None, query, client)
                 return self._png(rendered, {"Cache-Control": "no-store"})
             digest = query.cache_key(self.engine)
             headers = {"ETag": f'"{digest}"', "Cache-Control": IMMUTABLE}
@@ -304,8 +310,8 @@ class ImageApi:
                 return web.Response(body=cached, content_type="image/png", headers={**headers, "X-Cache": "hit"})
             task = self.inflight.get(digest)
             if task is None:
-                self._admit(self._client(request, key))
-                task = self._start_shared(digest, query)
+                self._admit(client)
+                task = self._start_shared(digest, query, client)
             rendered = await asyncio.shield(task)
             return self._png(rendered, {**headers, "X-Cache": "miss"})
         except ApiError as error:
@@ -315,18 +321,21 @@ class ImageApi:
         headers = {**headers, "X-Seed": ",".join(str(s) for s in rendered.seeds), "X-Finish-Reason": rendered.finish_reason.value}
         return web.Response(body=rendered.png, content_type="image/png", headers=headers)
 
-    def _start_shared(self, digest: str, query: ImageQuery) -> asyncio.Task[Rendered]:
-        """One generation for every identical request that arrives while it runs."""
-        task = asyncio.create_task(self._generate(digest, query))
+    def _start_shared(self, digest: str, query: ImageQuery, client: str) -> asyncio.Task[Rendered]:
+        """One generation for every identical request that arrives while it runs (queued as the first asker's)."""
+        task = asyncio.create_task(self._generate(digest, query, client))
         self.inflight[digest] = task
         task.add_done_callback(lambda _: self.inflight.pop(digest, None))
         return task
 
-    async def _generate(self, digest: str | None, query: ImageQuery) -> Rendered:
+    async def _run_on_engine(self, request: GenerationRequest, client: str) -> list[ImageResult]:
+        return await self.engine.generate(request)
+
+    async def _generate(self, digest: str | None, query: ImageQuery, client: str) -> Rendered:
         try:
             async with self.slots:
                 started = time.monotonic()
-                results = await self.run(query.request)
+                results = await self.run(query.request, client)
                 self.seconds_per_job = 0.8 * self.seconds_per_job + 0.2 * (time.monotonic() - started)
         except PromptError as error:
             raise ApiError(400, str(error), QUERY_NAME.get(error.parameter or "", "prompt")) from None
@@ -380,8 +389,8 @@ def create_app(
 ) -> web.Application:
     """The image API as an aiohttp app.
 
-    `run` replaces `engine.generate` (the bot passes its queue, so the API and Discord share one
-    queue); `manage_engine` starts and closes the engine with the app (standalone use). Serve it with
+    `run(request, client)` replaces `engine.generate` (the bot passes its queue, so the API and
+    Discord share one queue and take turns); `manage_engine` starts and closes the engine with the app (standalone use). Serve it with
     `access_log_class=AccessLogger`: the default access log prints query strings, API keys included.
     """
     api = ImageApi(engine, settings or HttpApiSettings(), run)

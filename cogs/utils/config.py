@@ -14,6 +14,7 @@ from pathlib import Path
 
 from engine.base import Engine
 from engine.config import EngineConfig, load_dotenv_once
+from engine.http_api import HttpApiSettings, read_api_keys
 from engine.types import ImagineError
 
 MIB = 1024 * 1024
@@ -54,6 +55,32 @@ class BotConfig:
     #: Seconds discord.py waits after READY for more servers before `on_ready`; None: its default
     #: (2 s). Tests against a fake Discord with one server set it low.
     guild_ready_timeout: float | None = None
+    #: The HTTP image API inside the bot (`GET /?prompt=`): off while None; 0 takes any free port.
+    http_port: int | None = None
+    #: 127.0.0.1 keeps it to this machine; 0.0.0.0 (behind a proxy, or with keys) opens it up.
+    http_host: str = "127.0.0.1"
+    #: Seeded images are cached here; None: `http-cache/` next to the database.
+    http_cache_dir: Path | None = None
+    http_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: New images per HTTP client per minute, and how many it may ask for at once.
+    http_rate: float = 20.0
+    http_burst: int = 5
+    #: HTTP jobs that may wait before new ones get 503 (Discord's own limits apply as well).
+    http_queue: int = 8
+    http_trust_forwarded: bool = False
+    http_public_url: str = ""
+
+    def http_settings(self) -> HttpApiSettings:
+        """The in-bot API's settings, with the same meaning as `imagine serve-http`'s options."""
+        return HttpApiSettings(
+            cache_dir=self.http_cache_dir or self.db_path.parent / "http-cache",
+            api_keys=self.http_api_keys,
+            rate_per_minute=self.http_rate,
+            burst=self.http_burst,
+            queue_size=self.http_queue,
+            trust_forwarded=self.http_trust_forwarded,
+            server_url=self.http_public_url,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BotConfig:
@@ -65,6 +92,14 @@ class BotConfig:
         if filtered not in FILTER_MODES:
             raise ConfigError(f"IMAGINE_FILTERED must be one of {', '.join(FILTER_MODES)}, not {filtered!r}.")
         data_dir = env.get("IMAGINE_DATA_DIR", "").strip()
+        http_port = _number(env, "IMAGINE_HTTP_PORT", None, int, 0)
+        if http_port is not None and http_port > 65535:
+            raise ConfigError(f"IMAGINE_HTTP_PORT must be a port number up to 65535, not {http_port}.")
+        http_cache = env.get("IMAGINE_HTTP_CACHE", "").strip()
+        try:
+            http_api_keys = read_api_keys(env.get("IMAGINE_HTTP_API_KEYS"), env.get("IMAGINE_HTTP_API_KEYS_FILE", "").strip())
+        except ImagineError as error:
+            raise ConfigError(f"IMAGINE_HTTP_API_KEYS_FILE: {error}") from None
         return cls(
             token=(env.get("DISCORD_TOKEN") or "").strip() or None,
             db_path=Path(env.get("IMAGINE_DB", "").strip() or "data/imagine.db"),
@@ -81,6 +116,15 @@ class BotConfig:
             max_input_pixels=_number(env, "IMAGINE_MAX_INPUT_PIXELS", 4096 * 4096, int, 64 * 64),
             confirm_permutations_over=_number(env, "IMAGINE_CONFIRM_OVER", 5, int, 0),
             resume_jobs=_flag(env, "IMAGINE_RESUME", True),
+            http_port=http_port,
+            http_host=env.get("IMAGINE_HTTP_HOST", "").strip() or "127.0.0.1",
+            http_cache_dir=Path(http_cache) if http_cache else None,
+            http_api_keys=http_api_keys,
+            http_rate=_number(env, "IMAGINE_HTTP_RATE", 20.0, float, 0.0),
+            http_burst=_number(env, "IMAGINE_HTTP_BURST", 5, int, 1),
+            http_queue=_number(env, "IMAGINE_HTTP_QUEUE", 8, int, 0),
+            http_trust_forwarded=_flag(env, "IMAGINE_HTTP_TRUST_FORWARDED", False),
+            http_public_url=env.get("IMAGINE_HTTP_PUBLIC_URL", "").strip(),
         )
 
 

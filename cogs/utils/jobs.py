@@ -8,6 +8,9 @@ buttons. Failures and cancellations end the same message with a short reason and
 Messages are reached through the interaction's webhook while its token is valid (15 minutes), and
 through the channel with the bot's own REST client after that or after a restart, when no token is
 left; tokens are never stored.
+
+The same queue also runs work from outside Discord (the HTTP image API inside the bot, see
+`submit_work`): it takes turns with the Discord jobs but has no message and no stored row.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -331,9 +334,30 @@ class JobRunner:
                     place.position = position
                     await self._show_place(place)
 
+    # -- work from outside Discord ---------------------------------------------------------------
+
+    def submit_work(self, job_id: str, owner: str, work: Callable[[], Awaitable[None]]) -> int:
+        """Queue work that is not a Discord job (the HTTP image API's generations).
+
+        It takes turns with everyone's jobs under the same rules and limits (QueueFull as for
+        `submit`), and the waiting messages count it, but it has no message and no stored row:
+        `work()` runs itself and answers its own caller. Returns its place, as `submit` does.
+        """
+        position = self.queue.submit(QueuedJob(job_id, owner=owner, payload=work))
+        self._places_changed()  # the jobs it went before are one place further back
+        return position
+
+    def cancel_work(self, job_id: str) -> None:
+        if self.queue.cancel(job_id):
+            self._places_changed()
+
     # -- running -----------------------------------------------------------------------------------
 
     async def _run(self, queued: QueuedJob) -> None:
+        if not isinstance(queued.payload, JobMessage):  # work from outside Discord: see submit_work
+            self._places_changed()
+            await queued.payload()
+            return
         message: JobMessage = queued.payload
         self.places.pop(int(queued.job_id), None)
         self._places_changed()  # everyone behind it moved up
