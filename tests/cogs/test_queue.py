@@ -121,7 +121,7 @@ async def test_a_cancelled_job_makes_room_and_is_not_edited_again(scene, simcord
 
 
 async def test_place_updates_are_rate_limited(scene, simcord_bot, engine):
-    simcord_bot.config.progress_interval = 3600
+    simcord_bot.config.progress_interval = 60  # well inside the 15 minutes an interaction token lives
     held = HeldJobs(engine, scene.env)
     await scene.alice.slash(scene.channel, "imagine", prompt="alice 1")
     alice_2 = (await scene.alice.slash(scene.channel, "imagine", prompt="alice 2")).response
@@ -130,7 +130,7 @@ async def test_place_updates_are_rate_limited(scene, simcord_bot, engine):
 
     await held.release("alice 1")
     assert alice_2.content.endswith(SECOND)  # the next waits for the interval…
-    await scene.env.advance_time(3600)
+    await scene.env.advance_time(60)
     assert alice_2.content.endswith(NEXT)  # …and then catches up
     await held.release("bob 1")
     await held.release("alice 2")
