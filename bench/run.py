@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.workloads import DEFAULT_WORKLOADS, QUICK_WORKLOADS, WORKLOADS
+from bench.workloads import DEFAULT_WORKLOADS, PEERS, QUICK_WORKLOADS, TORCH_VARIANTS, WORKLOADS
 
-VARIANTS = ("engine", "baseline", "openvino", "sdcpp")
-TORCH_VARIANTS = ("engine", "baseline")
+VARIANTS = (*TORCH_VARIANTS, *PEERS)
 TARGET_SPEEDUP = 6.0
 TARGET_FLOOR = 1.5
 CHILD_TIMEOUT_S = 2400
@@ -35,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), metavar="NAME",
                         help=f"any of {', '.join(WORKLOADS)} (default: {', '.join(DEFAULT_WORKLOADS)})")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="NAME",
-                        help=f"any of {', '.join(VARIANTS)} (default: all; peers only on the grid workloads)")
+                        help=f"any of {', '.join(VARIANTS)} (default: each workload's own list; peers on the grids)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per configuration, after one counted warm-up (default 3)")
     parser.add_argument("--json", type=Path, help="write all results here")
     parser.add_argument("--in-process", action="store_true",
@@ -208,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         workload = WORKLOADS[name]
         for variant in args.variants:
-            if variant not in TORCH_VARIANTS and not workload.peers:
+            if variant not in workload.variants:
                 continue
-            runs = workload.baseline_runs if variant == "baseline" and workload.baseline_runs and not args.tiny else args.runs
+            runs = args.runs if args.tiny else min(args.runs, workload.runs_for(variant, args.runs))
             print(f"# {name} / {variant} ...", end=" ", flush=True)
             result = run_here(name, variant, runs, args.tiny) if args.in_process else run_child(name, variant, runs, args.tiny)
             print(f"{result['seconds']:.2f} s" if "seconds" in result else result.get("unavailable") or result.get("error"), flush=True)

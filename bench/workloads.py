@@ -18,6 +18,8 @@ from bench.architectures import ARCHITECTURES, build_pipeline, build_tiny_decode
 from bench.flops import FlopReport
 from bench.measure import ComponentTimer, counted_run
 
+TORCH_VARIANTS = ("engine", "engine-tuned", "baseline")
+PEERS = ("openvino", "sdcpp")
 PROMPT = "a lighthouse on a cliff at dawn, oil painting, dramatic light"
 SEEDS = (1001, 1002, 1003, 1004)
 TINY_SIZE = 64
@@ -39,24 +41,29 @@ class Workload:
     guidance: float
     kind: str = "txt2img"  # txt2img | upscale (U: full-quality decode of stored latents) | img2img
     strength: float = 1.0
-    peers: bool = False  # run OpenVINO and stable-diffusion.cpp on it too
-    baseline_runs: int | None = None  # fewer timed runs for a very slow baseline
+    variants: tuple[str, ...] = ("engine", "engine-tuned", "baseline")
+    #: Fewer timed runs for a very slow configuration (the table's runs column shows it).
+    runs: tuple[tuple[str, int], ...] = ()
+
+    def runs_for(self, variant: str, default: int) -> int:
+        return dict(self.runs).get(variant, default)
 
     def tiny(self) -> Workload:
         """The same workload on the tiny test model: every code path in a fraction of a second."""
         arch = "tiny" if ARCHITECTURES[self.arch].turbo else "tiny-sd"
-        return dataclasses.replace(self, arch=arch, size=TINY_SIZE, steps=min(self.steps, 2), baseline_runs=None)
+        return dataclasses.replace(self, arch=arch, size=TINY_SIZE, steps=min(self.steps, 2), runs=())
 
 
 WORKLOADS = {
     w.name: w
     for w in (
-        Workload("grid512", "/imagine grid, 4×512², SD-Turbo, 1 step", "sd-turbo", 512, 4, 1, 0.0, peers=True, baseline_runs=2),
-        Workload("grid256", "/imagine grid, 4×256², SD-Turbo, 1 step", "sd-turbo", 256, 4, 1, 0.0, peers=True),
-        Workload("sd15-256", "SD1.5, 1×256², 20 steps, guidance 7", "sd15", 256, 1, 20, 7.0),
+        Workload("grid512", "/imagine grid, 4×512², SD-Turbo, 1 step", "sd-turbo", 512, 4, 1, 0.0,
+                 variants=(*TORCH_VARIANTS, *PEERS), runs=(("baseline", 2), ("sdcpp", 1))),
+        Workload("grid256", "/imagine grid, 4×256², SD-Turbo, 1 step", "sd-turbo", 256, 4, 1, 0.0, variants=(*TORCH_VARIANTS, *PEERS)),
+        Workload("sd15-256", "SD1.5, 1×256², 20 steps, guidance 7", "sd15", 256, 1, 20, 7.0, variants=("engine", "baseline")),
         Workload("upscale512", "U: full-quality decode of one 512² grid image", "sd-turbo", 512, 1, 1, 0.0, kind="upscale"),
         Workload("img2img256", "img2img grid, 4×256², SD-Turbo, strength 0.6", "sd-turbo", 256, 4, 2, 0.0, kind="img2img", strength=0.6),
-        Workload("sdxl-grid512", "/imagine grid, 4×512², SDXL-Turbo, 1 step", "sdxl-turbo", 512, 4, 1, 0.0, baseline_runs=1),
+        Workload("sdxl-grid512", "/imagine grid, 4×512², SDXL-Turbo, 1 step", "sdxl-turbo", 512, 4, 1, 0.0, runs=(("baseline", 1),)),
     )
 }
 DEFAULT_WORKLOADS = ("grid512", "grid256", "sd15-256", "upscale512", "img2img256")
@@ -85,22 +92,39 @@ def watch_pipeline(timer: ComponentTimer, pipe: Any, tiny_decoder: Any = None) -
         timer.watch("decoder", tiny_decoder.decoder)
 
 
+TUNING = "channels_last VAE and tiny decoder"
+
+
+def tune(pipe: Any, tiny: Any) -> None:
+    """The change proposed for the engine (see RESULTS.md), applied to its modules from outside.
+
+    oneDNN's bf16 convolutions run far faster on NHWC activations here; PyTorch picks NHWC for a
+    convolution whose weight is channels_last, so converting the modules is enough.
+    """
+    import torch
+
+    pipe.vae.to(memory_format=torch.channels_last)
+    tiny.to(memory_format=torch.channels_last)
+
+
 class EngineRunner:
     """Our engine, called as the bot calls it."""
 
-    def __init__(self, workload: Workload, *, dtype: Any = None, tiny_decoder: bool = True) -> None:
+    def __init__(self, workload: Workload, *, tuned: bool = False) -> None:
         import engine.diffusers_engine as engine_module
         from engine.diffusers_engine import DiffusersEngine
         from engine.models import pick_dtype
         from engine.types import GenerationRequest
 
-        dtype = dtype or pick_dtype("cpu")
+        dtype = pick_dtype("cpu")
         arch = ARCHITECTURES[workload.arch]
         self.workload = workload
         self.timer = ComponentTimer()
         pipe = build_pipeline(workload.arch, dtype)
-        tiny = build_tiny_decoder(workload.arch, dtype) if tiny_decoder else None
+        tiny = build_tiny_decoder(workload.arch, dtype)
         self.engine = DiffusersEngine.from_pipeline(pipe, arch.name, tiny_decoder=tiny)
+        if tuned:
+            tune(pipe, tiny)
         watch_pipeline(self.timer, pipe, tiny)
         # Time PNG encoding where the engine calls it (module global), without changing what it does.
         plain = getattr(engine_module.encode_png, "__wrapped__", engine_module.encode_png)
@@ -120,8 +144,9 @@ class EngineRunner:
             strength=workload.strength,
         )
         self.results = self.engine.generate_sync(self.request) if grid else []
-        decoder = "tiny decoder for grids" if tiny is not None else "full VAE"
-        self.notes = f"DiffusersEngine, {str(pipe.unet.dtype).removeprefix('torch.')}, {decoder}"
+        self.notes = f"DiffusersEngine, {str(pipe.unet.dtype).removeprefix('torch.')}, tiny decoder for grids"
+        if tuned:
+            self.notes += ", + proposed: " + TUNING
 
     def run(self, index: int) -> list[bytes]:
         if self.workload.kind == "upscale":
@@ -201,6 +226,8 @@ def _plain_png(image: Any) -> bytes:
 def make_runner(workload: Workload, variant: str) -> Any:
     if variant == "engine":
         return EngineRunner(workload)
+    if variant == "engine-tuned":
+        return EngineRunner(workload, tuned=True)
     if variant == "baseline":
         return BaselineRunner(workload)
     if variant == "openvino":

@@ -42,7 +42,7 @@ def report(tmp_path_factory):
     code = main([
         "--tiny", "--in-process", "--runs", "2", "--json", str(out),
         "--workloads", "grid256", "upscale512", "img2img256",
-        "--variants", "engine", "baseline", "sdcpp",
+        "--variants", "engine", "engine-tuned", "baseline", "sdcpp",
     ])
     assert code == 0
     return json.loads(out.read_text())
@@ -57,11 +57,12 @@ def test_json_has_every_configuration_and_the_peaks(report):
     for kind in ("fp32", "bf16"):
         assert report["matmul_peak_gflops"]["used"][kind] > 0
     grid = rows(report, "grid256")
-    assert set(grid) == {"engine", "baseline", "sdcpp"}
+    assert set(grid) == {"engine", "engine-tuned", "baseline", "sdcpp"}
+    assert "proposed" in grid["engine-tuned"]["notes"] and "proposed" not in grid["engine"]["notes"]
     # A peer that cannot run says why instead of vanishing from the table.
     assert "SD1/SD2" in grid["sdcpp"]["unavailable"]
     # Peers are only run on the grid workloads.
-    assert set(rows(report, "upscale512")) == {"engine", "baseline"}
+    assert set(rows(report, "upscale512")) == {"engine", "engine-tuned", "baseline"}
 
 
 def test_each_measured_row_has_times_flops_memory_and_ratios(report):
