@@ -10,9 +10,11 @@
 
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# Local wheels to install torch from. Empty by default; a build that must not download torch
-# (CI) hands a folder in with --build-context wheels=DIR.
+# Local wheels to install torch from. None by default; a build that must not download torch
+# (CI) hands a folder in with --build-context wheels=DIR, which replaces this stage. The one file
+# in it keeps the stage from being empty, which some builders refuse to mount.
 FROM scratch AS wheels
+COPY pyproject.toml /
 
 FROM ${BASE_IMAGE} AS build
 ARG DEBIAN_FRONTEND=noninteractive
