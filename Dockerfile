@@ -66,11 +66,14 @@ RUN --mount=type=bind,from=build,source=/wheelhouse,target=/wheelhouse \
  && /opt/imagine/bin/imagine --help > /dev/null
 COPY docker/healthcheck.py /usr/local/bin/imagine-healthcheck
 
-# Paths inside the volumes; everything else (token, model, engine) comes from the environment.
+# Paths inside the volumes, and the bot's image API (when IMAGINE_HTTP_PORT is set) on every
+# interface of the container: publishing the port decides who reaches it. Everything else (token,
+# model, engine) comes from the environment.
 ENV PATH=/opt/imagine/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     IMAGINE_DB=/data/imagine.db \
     IMAGINE_HTTP_CACHE=/data/http-cache \
+    IMAGINE_HTTP_HOST=0.0.0.0 \
     IMAGINE_MODELS_DIR=/models \
     IMAGINE_CACHE=/models/imagine \
     HF_HOME=/models/huggingface

@@ -231,7 +231,7 @@ printf 'IMAGINE_MODEL=tiny\nHF_HUB_OFFLINE=1\n' >"$COMPOSE_ENV"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 COMPOSE_LOG=$WORK/compose.log
 compose() {
-  IMAGINE_IMAGE=$IMAGE IMAGINE_ENV_FILE=$COMPOSE_ENV IMAGINE_HTTP_PORT=$PORT \
+  IMAGINE_IMAGE=$IMAGE IMAGINE_ENV_FILE=$COMPOSE_ENV IMAGINE_API_HOST_PORT=$PORT \
     "$TOOLS/bin/podman-compose" --project-name "$COMPOSE_PROJECT" "$@"
 }
 : >"$COMPOSE_LOG"

@@ -75,7 +75,7 @@ def test_serve_http_unhealthy_on_an_error_status(failing_http: int) -> None:
 def test_serve_http_unhealthy_when_nothing_listens() -> None:
     port = free_port()
     problem = healthcheck.check(["imagine", "serve-http", "--port", str(port)])
-    assert problem is not None and f"port {port}" in problem
+    assert problem is not None and f"127.0.0.1:{port}" in problem
 
 
 def test_serve_grpc_healthy_when_its_port_accepts() -> None:
@@ -87,9 +87,25 @@ def test_serve_grpc_healthy_when_its_port_accepts() -> None:
     assert healthcheck.check(["imagine", "serve-grpc", "--port", str(port)]) is not None
 
 
+def test_serve_http_on_a_single_address_is_asked_there(healthy_http: int) -> None:
+    args = ["imagine", "serve-http", "--host", "127.0.0.1", "--port", str(healthy_http)]
+    assert healthcheck.check(args) is None
+    problem = healthcheck.check(["imagine", "serve-http", "--host", "127.0.0.2", "--port", str(healthy_http)])
+    assert problem is not None and "127.0.0.2" in problem
+
+
 def test_the_bot_and_one_off_commands_are_healthy_while_they_run() -> None:
-    assert healthcheck.check(["/usr/bin/tini", "--", "imagine-bot"]) is None
-    assert healthcheck.check(["/usr/bin/tini", "--", "imagine", "generate", "a fox"]) is None
+    assert healthcheck.check(["/usr/bin/tini", "--", "imagine-bot"], env={}) is None
+    assert healthcheck.check(["/usr/bin/tini", "--", "imagine", "generate", "a fox"], env={}) is None
+
+
+def test_the_bot_with_its_image_api_is_asked_on_imagine_http_port(healthy_http: int, failing_http: int) -> None:
+    bot = ["/usr/bin/tini", "--", "/opt/imagine/bin/imagine-bot"]
+    assert healthcheck.check(bot, env={"IMAGINE_HTTP_PORT": str(healthy_http), "IMAGINE_HTTP_HOST": "0.0.0.0"}) is None
+    problem = healthcheck.check(bot, env={"IMAGINE_HTTP_PORT": str(failing_http)})
+    assert problem is not None and "image API" in problem and "503" in problem
+    # Port 0 is "any free port": nothing to ask.
+    assert healthcheck.check(bot, env={"IMAGINE_HTTP_PORT": "0"}) is None
 
 
 def test_main_exit_status(monkeypatch: pytest.MonkeyPatch, failing_http: int, capsys: pytest.CaptureFixture[str]) -> None:
