@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -152,6 +153,9 @@ def main() -> None:
     except ImagineError as error:  # the engine or storage could not be set up
         print(f"imagine-bot: {error}", file=sys.stderr)
         sys.exit(2)
+    except (OSError, aiohttp.ClientError) as error:  # DNS, refused connection, TLS: Discord is out of reach
+        print(f"imagine-bot: cannot reach Discord ({type(error).__name__}: {error}).", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         pass
 

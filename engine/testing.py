@@ -152,6 +152,12 @@ def build_tiny_decoder(folder: Path | None = None):  # -> AutoencoderTiny
     return decoder
 
 
+def _readable_by_all(folder: Path) -> None:
+    # safetensors writes owner-only files; a model in a shared volume must be readable by every user.
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
 def build_tiny_model(folder: str | Path, single_file: bool = True) -> Path:
     """Write the tiny model as a diffusers folder (plus `tiny.safetensors` if asked); return the folder.
 
@@ -162,6 +168,7 @@ def build_tiny_model(folder: str | Path, single_file: bool = True) -> Path:
     build_tiny_decoder(folder / TINY_DECODER_DIR)
     if single_file:
         write_single_file(pipe, folder / "tiny.safetensors")
+    _readable_by_all(folder)
     return folder
 
 

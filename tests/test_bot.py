@@ -120,3 +120,28 @@ def test_the_example_env_file_is_valid_and_the_invite_link_has_the_documented_pe
     )
     docs = (ROOT / "docs" / "bot.md").read_text()
     assert f"scope=bot+applications.commands&permissions={needed.value}" in docs
+
+
+def test_discord_out_of_reach_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import bot
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("IMAGINE_") or n == "DISCORD_TOKEN"]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DISCORD_TOKEN", "MTIz.secret-token")
+    monkeypatch.setenv("IMAGINE_MODEL", "tiny")
+    monkeypatch.setenv("IMAGINE_DB", str(tmp_path / "bot.db"))
+
+    with pytest.raises(SystemExit) as exit_:
+        bot.main()
+
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("imagine-bot: cannot reach Discord (")
+    assert "secret-token" not in "\n".join(err)

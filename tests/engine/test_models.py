@@ -92,3 +92,11 @@ def test_factory_puts_the_blocklist_in_front_of_any_engine(tiny_model_dir):
     assert [r.finish_reason for r in filtered] == [FinishReason.FILTERED] * 2
     fine = asyncio.run(engine.generate(REQUEST.replace(prompt="a goreless meadow")))
     assert [r.finish_reason for r in fine] == [FinishReason.OK] * 2
+
+
+def test_tiny_model_files_are_readable_by_every_user(tiny_model_dir):
+    import stat
+
+    for path in tiny_model_dir.rglob("*"):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & stat.S_IROTH, path
