@@ -118,6 +118,21 @@ def seamless(modules: list[Any], enabled: bool) -> Iterator[None]:
             m.padding_mode = mode
 
 
+@contextlib.contextmanager
+def upcast_to_fp32(module: Any, enabled: bool) -> Iterator[None]:
+    import torch
+
+    if not enabled:
+        yield
+        return
+    dtype = module.dtype
+    module.to(torch.float32)
+    try:
+        yield
+    finally:
+        module.to(dtype)
+
+
 class DiffusersEngine(Engine):
     slots = 1
 
@@ -320,7 +335,9 @@ class DiffusersEngine(Engine):
         import torch
 
         vae = model.tiny_decoder if fast else model.pipe.vae
-        with torch.inference_mode(), seamless([vae], tiling):
+        # SDXL's VAE overflows in fp16 (NaN images); its config asks for fp32, as diffusers does.
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        with torch.inference_mode(), seamless([vae], tiling), upcast_to_fp32(vae, upcast):
             pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
         if torch.isnan(pixels).any():
             raise FloatingPointError("the VAE produced NaNs")

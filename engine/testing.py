@@ -129,6 +129,53 @@ def build_tiny_pipeline(folder: Path | None = None):  # -> StableDiffusionPipeli
     return pipe
 
 
+def build_tiny_sdxl_pipeline(folder: Path | None = None):  # -> StableDiffusionXLPipeline
+    """The SDXL layout in miniature: two text encoders (one pooled), size/crop conditioning."""
+    import tempfile
+
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(TINY_SEED)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_size = write_tiny_tokenizer(Path(tmp) / "tokenizer")
+        tokenizer = CLIPTokenizer.from_pretrained(Path(tmp) / "tokenizer", model_max_length=77)
+    config = CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=32,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32, cross_attention_dim=64,
+    ).eval()
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
+    ).eval()
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(config).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(config).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1),
+    )
+    if folder is not None:
+        pipe.save_pretrained(folder, safe_serialization=True)
+        _readable_by_all(folder)
+    return pipe
+
+
 def build_tiny_decoder(folder: Path | None = None):  # -> AutoencoderTiny
     """A TAESD-shaped tiny decoder with random weights, for the grid fast path in tests."""
     import torch

@@ -100,3 +100,41 @@ def test_tiny_model_files_are_readable_by_every_user(tiny_model_dir):
     for path in tiny_model_dir.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & stat.S_IROTH, path
+
+
+def test_sdxl_layout_generates_img2img_and_inpaints(tmp_path):
+    """SDXL has two text encoders and pooled, size-conditioned embeddings: a path of its own."""
+    from engine.testing import build_tiny_sdxl_pipeline
+
+    folder = tmp_path / "tiny-xl"
+    build_tiny_sdxl_pipeline(folder)
+    engine = DiffusersEngine(EngineConfig(model=str(folder), dtype="fp32", tiny_decoder="off"))
+    assert engine.profile().family == "sdxl"
+    job = GenerationRequest(prompt="a (red:1.3) fox::2 snow", negative_prompt="blur", width=64, height=64, seeds=(1, 2), steps=2, sampler="euler")
+    grid = engine.generate_sync(job)
+    assert len({r.png for r in grid}) == 2 and engine._model(None).profile.family == "sdxl"
+    assert engine.generate_sync(job)[0].png == grid[0].png
+    varied = engine.generate_sync(job.replace(init_image=grid[0].png, strength=0.5, seeds=(3,)))[0]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    painted = engine.generate_sync(job.replace(init_image=grid[0].png, mask=buffer.getvalue(), strength=1.0, seeds=(3,)))[0]
+    assert varied.png != grid[0].png and painted.png != grid[0].png
+    assert engine.decode_full_sync(job, grid[1]) == grid[1].png
+
+
+def test_fp16_vae_that_asks_for_it_decodes_in_fp32(tmp_path):
+    """SDXL's VAE overflows in fp16; with force_upcast set, the decode must run in fp32 and come back."""
+    import torch
+
+    from engine.testing import build_tiny_sdxl_pipeline
+
+    pipe = build_tiny_sdxl_pipeline().to(torch.float16)
+    assert pipe.vae.config.force_upcast
+    seen: list[torch.dtype] = []
+    pipe.vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
+    engine = DiffusersEngine.from_pipeline(pipe, "xl-fp16")
+    engine.decode_full_sync(REQUEST, engine.generate_sync(REQUEST.replace(seeds=(5,), steps=1))[0])
+    assert seen and set(seen) == {torch.float32}
+    assert pipe.vae.dtype == torch.float16  # and back afterwards
