@@ -105,10 +105,11 @@ def settings(args: argparse.Namespace) -> None:
 
     candidates: dict[str, Callable[[], Any]] = {
         "unet: engine default (bf16, contiguous, SDPA auto)": unet(),
-        "unet: SDPA math": unet(context=lambda: sdpa_backend("MATH")),
-        "unet: set_flush_denormal(True)": unet(context=flush_denormal),
         "unet: channels_last": unet(channels_last, sample.contiguous(memory_format=torch.channels_last)),
     }
+    if args.more:
+        candidates["unet: SDPA math"] = unet(context=lambda: sdpa_backend("MATH"))
+        candidates["unet: set_flush_denormal(True)"] = unet(context=flush_denormal)
     latents = sample[:1]
     for name in ("bfloat16", "float32"):
         dtype = getattr(torch, name)
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--decoder-dtype", default="bfloat16")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--more", action="store_true", help="also SDPA math and flush-denormal for the UNet")
     parser.add_argument("--vae", action="store_true", help="also time the full VAE decode (U)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile on the tiny decoder (minutes)")
     args = parser.parse_args(argv)
