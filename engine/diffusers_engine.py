@@ -146,7 +146,7 @@ class DiffusersEngine(Engine):
         self.dtype = pick_dtype(self.device, self.config.dtype)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagine-engine")
         self._loaded: dict[str, LoadedModel] = {}
-        self._embeddings: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._embeddings: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
 
     @classmethod
     def from_pipeline(
@@ -220,8 +220,11 @@ class DiffusersEngine(Engine):
             self._loaded[name] = LoadedModel.build(name, spec, pipe, profile, tiny)
         return self._loaded[name]
 
-    def _embed(self, model: LoadedModel, positive: str, negative: str) -> Any:
-        """Prompt embeddings through compel, cached: 🔄 and variations reuse the same prompt."""
+    def _embed(self, model: LoadedModel, positive: str, negative: str | None) -> Any:
+        """Prompt embeddings through compel, cached: 🔄 and variations reuse the same prompt.
+
+        `negative` is None when the job runs without guidance: nothing would read its embedding.
+        """
         import torch
 
         key = (model.name, positive, negative)
@@ -256,9 +259,10 @@ class DiffusersEngine(Engine):
         negative = ", ".join(part for part in (request.negative_prompt, extra_negative) if part)
         negative, _ = to_compel(negative) if negative else ("", "")
         positive, negative = apply_style(weighted, negative, request.style)
-        conditioning = self._embed(model, positive, negative)
+        guided = request.guidance_scale > 1  # diffusers' rule for classifier-free guidance
+        conditioning = self._embed(model, positive, negative if guided else None)
         embeds = conditioning.embeds.repeat(count, 1, 1)
-        negative_embeds = conditioning.negative_embeds.repeat(count, 1, 1)
+        negative_embeds = conditioning.negative_embeds.repeat(count, 1, 1) if guided else None
         if request.chaos:
             embeds = self._add_chaos(embeds, request)
 
@@ -287,7 +291,8 @@ class DiffusersEngine(Engine):
         }
         if conditioning.pooled_embeds is not None:
             kwargs["pooled_prompt_embeds"] = conditioning.pooled_embeds.repeat(count, 1)
-            kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds.repeat(count, 1)
+            if guided:
+                kwargs["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds.repeat(count, 1)
         init = mask = None
         if request.init_image is not None:
             init = _open_image(request.init_image, size)

@@ -246,3 +246,22 @@ async def test_progress_callbacks_run_in_the_callers_context(tiny_engine):
     seen: list[object] = []
     await tiny_engine.generate(request(steps=2), on_progress=lambda progress: seen.append(job_id.get()))
     assert seen == [42, 42]
+
+
+def test_no_negative_embedding_without_guidance(tiny_engine):
+    """Turbo jobs (guidance off) never read the negative prompt, so its text encoder pass is skipped."""
+    calls: list[object] = []
+    model = tiny_engine._model(None)
+    compel = model.compel
+
+    def spy(positive, negative_prompt=None):
+        calls.append(negative_prompt)
+        return compel(positive, negative_prompt=negative_prompt)
+
+    model.compel = spy
+    try:
+        tiny_engine.generate_sync(request(prompt="unguided fox", negative_prompt="blurry", guidance_scale=0.0))
+        tiny_engine.generate_sync(request(prompt="guided fox", negative_prompt="blurry", guidance_scale=7.0))
+    finally:
+        model.compel = compel
+    assert calls == [None, "blurry"]
