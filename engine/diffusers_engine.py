@@ -296,7 +296,7 @@ class DiffusersEngine(Engine):
         init = mask = None
         if request.init_image is not None:
             init = _open_image(request.init_image, size)
-            kwargs["image"] = init
+            kwargs["image"] = init if request.mask is not None else self._encode_once(pipe, init, generators)
             kwargs["strength"] = request.strength
             # img2img runs int(steps * strength) steps; at least one, or diffusers refuses.
             kwargs["num_inference_steps"] = max(request.steps, math.ceil(1 / request.strength))
@@ -315,7 +315,20 @@ class DiffusersEngine(Engine):
         images = [self._decode(model, latents[i : i + 1], init, mask, fast=fast, tiling=request.tiling) for i in range(count)]
         return [self._result(request, model, index, image, latents[index : index + 1]) for index, image in enumerate(images)]
 
-    def _add_chaos(self, embeds: Any, request: GenerationRequest) -> Any:
+    def _encode_once(self, pipe: Any, init: Image.Image, generators: list[Any]) -> Any:
+        """The init image's latents for every seed from ONE VAE encode (diffusers encodes per image).
+
+        Each image still draws its own posterior sample from its own generator, in the order
+        diffusers would, so the results are the same as the pipeline's own encode.
+        """
+        import torch
+
+        vae = pipe.vae
+        pixels = pipe.image_processor.preprocess(init).to(vae.device, vae.dtype)
+        with torch.inference_mode():
+            posterior = vae.encode(pixels).latent_dist
+        latents = torch.cat([posterior.sample(generator=generator) for generator in generators])
+        return (latents - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
         """--chaos: nudge each image's text embedding by seeded noise, so the four differ more."""
         import torch
 

@@ -265,3 +265,20 @@ def test_no_negative_embedding_without_guidance(tiny_engine):
     finally:
         model.compel = compel
     assert calls == [None, "blurry"]
+
+
+def test_img2img_encodes_the_init_image_once_with_the_pipelines_results():
+    from engine.diffusers_engine import DiffusersEngine
+    from engine.testing import build_tiny_pipeline
+
+    engine = DiffusersEngine.from_pipeline(build_tiny_pipeline(), "m")
+    job = request(seeds=(1, 2, 3), steps=4, sampler="euler_a", init_image=png_of((200, 30, 60)), strength=0.6)
+    encodes: list[int] = []
+    engine._model(None).pipe.vae.encoder.register_forward_hook(lambda module, args, out: encodes.append(args[0].shape[0]))
+    ours = engine.generate_sync(job)
+    assert encodes == [1]  # one encode of one image for three seeds
+
+    engine._encode_once = lambda pipe, init, generators: init  # diffusers' own path: one encode per seed
+    theirs = engine.generate_sync(job)
+    assert len(encodes) == 4
+    assert [r.latents for r in ours] == [r.latents for r in theirs]
