@@ -329,6 +329,8 @@ class DiffusersEngine(Engine):
             posterior = vae.encode(pixels).latent_dist
         latents = torch.cat([posterior.sample(generator=generator) for generator in generators])
         return (latents - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+
+    def _add_chaos(self, embeds: Any, request: GenerationRequest) -> Any:
         """--chaos: nudge each image's text embedding by seeded noise, so the four differ more."""
         import torch
 
