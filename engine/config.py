@@ -63,6 +63,8 @@ class EngineConfig:
     stability_api_key: str | None = field(default=None, repr=False)
     grpc_api_key: str | None = field(default=None, repr=False)
     blocklist: tuple[str, ...] = ()
+    #: On CPUs, long self-attentions in query blocks (engine/attention.py); "sdpa" keeps torch's kernel.
+    cpu_attention: str = "blocked"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> EngineConfig:
@@ -81,6 +83,7 @@ class EngineConfig:
             stability_api_key=env.get("STABILITY_API_KEY") or None,
             grpc_api_key=env.get("IMAGINE_GRPC_API_KEY") or None,
             blocklist=parse_blocklist(env.get("IMAGINE_BLOCKLIST")),
+            cpu_attention=(env.get("IMAGINE_CPU_ATTENTION") or "blocked").strip().lower(),
         )
 
     def model_specs(self) -> dict[str, str]:

@@ -112,30 +112,3 @@ def test_table_and_verdicts_on_stdout(tmp_path, capsys):
     assert "| grid256 | engine |" in out and "| grid256 | baseline |" in out
     assert "text_encoder s (GFLOP)" in out
     assert "grid256: " in out and "faster than the fp32 baseline" in out and "× the floor" in out
-
-
-def test_blocked_attention_matches_torch_sdpa(monkeypatch):
-    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-
-    import bench.attention
-    from bench.attention import MIN_TOKENS, BlockedAttnProcessor, blocked_attention
-
-    calls = []
-    monkeypatch.setattr(bench.attention, "blocked_attention", lambda *a: calls.append(a[0].shape) or blocked_attention(*a))
-
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 300, 16, generator=generator) for _ in range(3))
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    assert torch.allclose(blocked_attention(q, k, v, block=128), expected, atol=1e-5)  # 300 = 2 blocks + a tail
-    torch.manual_seed(0)
-    attn = Attention(query_dim=32, heads=2, dim_head=16).eval()
-    tokens = torch.randn(1, MIN_TOKENS + 5, 32, generator=generator)
-    short = torch.randn(1, 77, 32, generator=generator)
-    with torch.inference_mode():
-        for states in (tokens, short):
-            attn.set_processor(AttnProcessor2_0())
-            plain = attn(states)
-            attn.set_processor(BlockedAttnProcessor())
-            assert torch.allclose(attn(states), plain, atol=1e-5)
-    # Only the long attention took the blocked path; the 77-token one kept diffusers' processor.
-    assert calls == [(1, 2, MIN_TOKENS + 5, 16)]
