@@ -43,3 +43,10 @@ def test_the_engine_uses_it_on_cpu_unless_told_not_to(tiny_model_dir):
     assert processors and all(isinstance(p, BlockedAttnProcessor) for p in processors)
     plain = DiffusersEngine(EngineConfig.from_env({"IMAGINE_MODEL": str(tiny_model_dir), "IMAGINE_CPU_ATTENTION": "sdpa"}))
     assert not any(isinstance(p, BlockedAttnProcessor) for p in plain._model(None).pipe.unet.attn_processors.values())
+
+
+def test_decoders_run_channels_last_on_cpu(tiny_model_dir):
+    model = DiffusersEngine(EngineConfig(model=str(tiny_model_dir), dtype="fp32"))._model(None)
+    for decoder in (model.pipe.vae, model.tiny_decoder):
+        conv = next(m for m in decoder.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
